@@ -1,0 +1,384 @@
+"""The capture store: one Zarr v3 group per run, one sharded array per captured map.
+
+Layout (DESIGN section 5): arrays shaped ``(prompt, *spec.shape)``, one prompt per shard,
+fp16, blosc-zstd with shuffle, ``dimension_names`` set; beside them ``prompts``,
+``labels/<attribute>``, ``template_id`` (-1 = unknown) and the per-prompt ``done`` mask.
+Rank ``r`` of ``w`` writes ``prompts[r::w]``, whole shards only, and sets ``done[i]`` after the
+maps of prompt ``i``; a killed run resumes from ``done``. Plain xarray reads it lazily.
+
+Example:
+    >>> store = CaptureStore.create("memory://doc.zarr", prompts=["a", "b"], identity={"model": "m"},
+    ...     specs=[ArraySpec("blk.attn1/self", (2, 4, 4), ("step", "query", "key"))])
+    >>> store.pending()
+    [0, 1]
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from importlib.metadata import PackageNotFoundError, version
+
+import fsspec
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle
+
+FORMAT, FORMAT_VERSION, PROMPT_DIM = "melodia-capture", 1, "prompt"
+_RESERVED = {"prompts", "template_id", "done", "labels"}
+
+
+class StoreMismatchError(ValueError):
+    """The path holds a capture store of another run (model, config, prompts or arrays)."""
+
+
+class NotACaptureStoreError(ValueError):
+    """The path holds something that is not a (fully created) melodia capture store."""
+
+
+def _jsonable(value):
+    """`value` as it comes back from Zarr attrs (tuples -> lists, numpy scalars -> Python)."""
+    return json.loads(json.dumps(value, default=lambda o: o.tolist() if hasattr(o, "tolist") else str(o)))
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One captured map: its name, per-prompt shape and dimension names, dtype, attrs.
+
+    Example:
+        >>> spec = ArraySpec("down.attn1/self", (10, 64, 64), ("step", "query", "key"))
+        >>> spec.array_name, spec.inner_chunks
+        ('down.attn1--self', (1, 64, 64))
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    dtype: str = "float16"
+    attrs: dict = field(default_factory=dict, hash=False)
+    chunks: tuple[int, ...] | None = None  # inner chunk of one prompt; default: one per step
+
+    def __post_init__(self) -> None:
+        chunks = None if self.chunks is None else tuple(int(c) for c in self.chunks)
+        for key, value in [("shape", tuple(int(s) for s in self.shape)), ("dims", tuple(map(str, self.dims))),
+                           ("dtype", str(np.dtype(self.dtype))), ("attrs", _jsonable(dict(self.attrs))),
+                           ("chunks", chunks)]:
+            object.__setattr__(self, key, value)  # normalised, so specs compare equal after a JSON round trip
+        if not self.name or len(self.dims) != len(self.shape) or PROMPT_DIM in self.dims:
+            raise ValueError(f"bad ArraySpec {self.name!r}: need a name and one dim name per axis of "
+                             f"{self.shape}, without {PROMPT_DIM!r} (the store adds it); got {self.dims}")
+        inner = self.inner_chunks
+        if len(inner) != len(self.shape) or any(c < 1 or s % c for s, c in zip(self.shape, inner)):
+            raise ValueError(f"ArraySpec {self.name!r}: chunks {self.chunks} must divide shape {self.shape}")
+
+    @property
+    def array_name(self) -> str:
+        """Zarr array key: the name with '/' replaced by '--' (dots are kept)."""
+        return self.name.replace("/", "--")
+
+    @property
+    def inner_chunks(self) -> tuple[int, ...]:
+        """Chunk shape inside a prompt's shard: `chunks`, else one chunk per step (first axis)."""
+        if self.chunks is not None:
+            return self.chunks
+        return (1, *self.shape[1:]) if self.shape else ()
+
+    def to_json(self) -> dict:
+        """Plain dict for the layer table (inverse: ``ArraySpec(**d)``)."""
+        return _jsonable(asdict(self))
+
+
+def _package_version() -> str:
+    try:
+        return version("melodia")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def _store_dims(specs: list[ArraySpec]) -> dict[str, tuple[str, ...]]:
+    """Dimension names per array; a name used with several sizes becomes `name_<size>` so xarray opens."""
+    sizes: dict[str, set[int]] = {}
+    for spec in specs:
+        for dim, size in zip(spec.dims, spec.shape):
+            sizes.setdefault(dim, set()).add(size)
+    return {s.name: (PROMPT_DIM, *(d if len(sizes[d]) == 1 else f"{d}_{n}" for d, n in zip(s.dims, s.shape)))
+            for s in specs}
+
+
+def _probe(url: str) -> dict | None:
+    """The store's `melodia` attrs; None if nothing is there; NotACaptureStoreError otherwise."""
+    fs, root = fsspec.core.url_to_fs(url)
+    if not fs.exists(root) or (fs.isdir(root) and not fs.ls(root)):
+        return None
+    try:
+        meta = zarr.open_group(url, mode="r", use_consolidated=False).attrs.get("melodia")
+    except (FileNotFoundError, ValueError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise NotACaptureStoreError(f"{url} exists but is not a melodia capture store: "
+                                    "choose another path or pass overwrite=True (--overwrite) to replace it")
+    return meta
+
+
+def _plan(prompts: list[str], specs: list[ArraySpec], identity: dict, labels: dict | None = None,
+          template_ids: list[int] | None = None, attrs: dict | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+    """Validate `create`'s arguments; return the `melodia` attrs and the per-prompt columns."""
+    prompts, labels = [str(p) for p in prompts], labels or {}
+    ids = np.full(len(prompts), -1, dtype=np.int64) if template_ids is None else np.asarray(template_ids, np.int64)
+    names = [s.array_name for s in specs]
+    if not prompts or not specs or len(set(names)) != len(names) or ids.shape != (len(prompts),):
+        raise ValueError("need >= 1 prompt, >= 1 ArraySpec with distinct names ('/' maps to '--'), "
+                         "and one template id per prompt")
+    if set(names) & _RESERVED:
+        raise ValueError(f"ArraySpec names {sorted(set(names) & _RESERVED)} are reserved; rename them")
+    bad = [k for k, v in labels.items() if len(v) != len(prompts) or "/" in k or not k]
+    if bad:
+        raise ValueError(f"labels {bad}: each needs a '/'-free name and one value per prompt ({len(prompts)})")
+    meta = _jsonable({"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": _package_version(),
+                      "created_at": datetime.now(timezone.utc).isoformat(), "identity": identity,
+                      "attrs": attrs or {}, "layers": [s.to_json() for s in specs], "labels": sorted(labels),
+                      "n_prompts": len(prompts), "initialised": False,
+                      "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()})
+    columns = {"prompts": np.asarray(prompts, dtype=str), "template_id": ids,
+               **{f"labels/{k}": np.asarray([str(x) for x in v], dtype=str) for k, v in labels.items()}}
+    return meta, columns
+
+
+def _raise_if_different(url: str, old: dict, new: dict) -> None:
+    """StoreMismatchError saying what differs (identity, prompts, arrays) between two runs."""
+    diffs = [f"identity[{k!r}]: stored {old['identity'].get(k)!r} != given {new['identity'].get(k)!r}"
+             for k in sorted(set(old["identity"]) | set(new["identity"]))
+             if old["identity"].get(k) != new["identity"].get(k)]
+    if old["prompts_sha256"] != new["prompts_sha256"]:
+        diffs.append(f"prompt list ({old['n_prompts']} prompts stored, {new['n_prompts']} given, text differs)")
+    old_specs, new_specs = ({s["name"]: s for s in m["layers"]} for m in (old, new))
+    for name in sorted(set(old_specs) | set(new_specs)):
+        if old_specs.get(name) != new_specs.get(name):
+            diffs.append(f"array {name!r}: stored {old_specs.get(name)} != given {new_specs.get(name)}")
+    if diffs:
+        raise StoreMismatchError(f"{url} holds another capture run ({'; '.join(diffs)}): "
+                                 "choose another path or pass overwrite=True (--overwrite)")
+
+
+class CaptureStore:
+    """A capture run on disk (or any fsspec URL). Build with `create`, `open` or `open_for_rank`.
+
+    Example:
+        >>> store = open_capture("memory://doc.zarr")
+        >>> store.read("blk.attn1/self").shape
+        (2, 2, 4, 4)
+    """
+
+    def __init__(self, url: str, group: zarr.Group, meta: dict) -> None:
+        self.url, self._group = url, group
+        self.read_only = group.read_only
+        self.identity: dict = meta["identity"]
+        self.attrs: dict = meta["attrs"]
+        self.specs: list[ArraySpec] = [ArraySpec(**d) for d in meta["layers"]]
+        self._specs = {s.name: s for s in self.specs}
+        self.prompts: list[str] = [str(p) for p in group["prompts"][:]]
+        self.labels: dict[str, list[str]] = {k: [str(v) for v in group[f"labels/{k}"][:]] for k in meta["labels"]}
+        self.template_ids: np.ndarray = np.asarray(group["template_id"][:], dtype=np.int64)
+
+    @classmethod
+    def create(cls, url: str, *, prompts: list[str], specs: list[ArraySpec], identity: dict,
+               labels: dict[str, list[str]] | None = None, template_ids: list[int] | None = None,
+               attrs: dict | None = None, overwrite: bool = False) -> CaptureStore:
+        """Create the store, or reopen it for resuming when it holds the same run.
+
+        Same identity, prompts and specs -> the existing store (stored labels/attrs win); another
+        run -> StoreMismatchError; anything else at `url` -> NotACaptureStoreError. Nothing is
+        written in those cases. `overwrite=True` replaces whatever is there. One process only.
+
+        Example:
+            >>> s = CaptureStore.create("memory://c.zarr", prompts=["p"], identity={"model": "m"},
+            ...     specs=[ArraySpec("a/self", (1, 2, 2), ("step", "query", "key"))], overwrite=True)
+            >>> s.done_mask().tolist()
+            [False]
+        """
+        url = str(url)
+        meta, columns = _plan(prompts, specs, identity, labels, template_ids, attrs)
+        existing = None if overwrite else _probe(url)
+        if existing is not None and existing.get("initialised"):
+            _raise_if_different(url, existing, meta)
+            return cls.open(url, mode="r+")
+        # Absent, half-created (a crash before `initialised`), or overwrite: build it from scratch.
+        group = zarr.create_group(url, overwrite=True, zarr_format=3, attributes={"melodia": meta})
+        compressor = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.shuffle)
+        for spec, dims in zip(specs, _store_dims(specs).values()):
+            fill = np.nan if np.dtype(spec.dtype).kind == "f" else 0
+            group.create_array(spec.array_name, shape=(meta["n_prompts"], *spec.shape), dtype=spec.dtype,
+                               shards=(1, *spec.shape), chunks=(1, *spec.inner_chunks), compressors=[compressor],
+                               fill_value=fill, dimension_names=dims,
+                               attributes={**spec.attrs, "melodia_name": spec.name, "melodia_dims": list(spec.dims)})
+        for key, values in columns.items():
+            group.create_array(key, shape=values.shape, dtype=str if values.dtype.kind == "U" else values.dtype,
+                               chunks=values.shape, dimension_names=(PROMPT_DIM,),
+                               fill_value=-1 if values.dtype.kind == "i" else "")[:] = values
+        # One chunk per prompt so that ranks never write into the same object.
+        group.create_array("done", shape=(meta["n_prompts"],), dtype=bool, chunks=(1,), fill_value=False,
+                           dimension_names=(PROMPT_DIM,))
+        group.update_attributes({"melodia": {**meta, "initialised": True}})  # last: marks it complete
+        return cls.open(url, mode="r+")
+
+    @classmethod
+    def open(cls, url: str, mode: str = "r") -> CaptureStore:
+        """Open an existing, fully created store; mode "r" (read) or "r+" (write prompts).
+
+        Example:
+            >>> s = CaptureStore.open("memory://doc.zarr")
+            >>> len(s.prompts)
+            2
+        """
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', got {mode!r}; use CaptureStore.create to make a store")
+        url = str(url)
+        meta = _probe(url)
+        if meta is None:
+            raise FileNotFoundError(f"no capture store at {url}: create it with CaptureStore.create")
+        if not meta.get("initialised"):
+            raise NotACaptureStoreError(f"{url} is half-created (its creation was interrupted): "
+                                        "run CaptureStore.create again to rebuild it")
+        group = zarr.open_group(url, mode=mode, use_consolidated=None if mode == "r" else False)
+        return cls(url, group, meta)
+
+    @classmethod
+    def open_for_rank(cls, url: str, *, rank: int, world: int, timeout: float = 600.0, poll: float = 0.5,
+                      **create_kwargs) -> CaptureStore:
+        """Every rank calls this with the same arguments as `create`: rank 0 creates (or resumes),
+        the others wait (up to `timeout` s) for a fully created store of the same run, then open it.
+        Not safe with ``overwrite=True`` on a path holding an old run unless ranks barrier after it.
+
+        Example:
+            >>> s = CaptureStore.open_for_rank("memory://doc.zarr", rank=1, world=2, prompts=["a", "b"],
+            ...     identity={"model": "m"},
+            ...     specs=[ArraySpec("blk.attn1/self", (2, 4, 4), ("step", "query", "key"))])
+            >>> s.pending(rank=1, world=2)
+            [1]
+        """
+        if not 0 <= rank < world:
+            raise ValueError(f"rank must be in [0, {world}), got {rank}")
+        if rank == 0:
+            return cls.create(url, **create_kwargs)
+        overwrite = create_kwargs.pop("overwrite", False)
+        meta, _ = _plan(**create_kwargs)
+        deadline, last = time.monotonic() + timeout, "nothing there yet"
+        while True:
+            try:
+                existing = _probe(str(url))
+                if existing is not None and existing.get("initialised"):
+                    _raise_if_different(str(url), existing, meta)
+                    return cls.open(url, mode="r+")
+            except StoreMismatchError as err:
+                if not overwrite:  # rank 0 fails the same way; with overwrite it replaces the old store
+                    raise
+                last = str(err)
+            except NotACaptureStoreError as err:  # also seen mid-creation (zarr.json not written yet)
+                last = str(err)
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"rank {rank}: rank 0 did not create the store at {url} within {timeout}s "
+                                   f"(last seen: {last})")
+            time.sleep(poll)
+
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise PermissionError(f"{self.url} is open read-only: use CaptureStore.open(url, mode='r+')")
+
+    def done_mask(self) -> np.ndarray:
+        """Bool per prompt: True once all its maps are written (read fresh from the store)."""
+        return np.asarray(self._group["done"][:], dtype=bool)
+
+    def pending(self, rank: int = 0, world: int = 1) -> list[int]:
+        """Prompt indices this rank still has to write: ``i % world == rank`` and not done.
+
+        Example:
+            >>> s = open_capture("memory://doc.zarr")
+            >>> s.pending(rank=0, world=2)
+            [0]
+        """
+        done = self.done_mask()
+        return [i for i in range(rank, len(done), world) if not done[i]]
+
+    def write_prompt(self, index: int, maps: dict[str, np.ndarray]) -> None:
+        """Write every map of prompt `index` (whole shards), then mark it done.
+
+        `maps` must hold exactly the spec names with their exact per-prompt shapes (ValueError,
+        nothing written, otherwise). Values are cast to the spec dtype.
+
+        Example:
+            >>> s = CaptureStore.open("memory://doc.zarr", mode="r+")
+            >>> s.write_prompt(0, {"blk.attn1/self": np.zeros((2, 4, 4))})
+        """
+        self._check_writable()
+        if not 0 <= index < len(self.prompts):
+            raise IndexError(f"prompt index {index} out of range [0, {len(self.prompts)})")
+        missing, unknown = sorted(set(self._specs) - set(maps)), sorted(set(maps) - set(self._specs))
+        if missing or unknown:
+            raise ValueError(f"prompt {index}: missing maps {missing}, unknown maps {unknown}")
+        arrays = {name: np.asarray(m) for name, m in maps.items()}
+        wrong = {n: a.shape for n, a in arrays.items() if a.shape != self._specs[n].shape}
+        if wrong:
+            raise ValueError(f"prompt {index}: wrong shapes {wrong}; expected "
+                             f"{ {n: self._specs[n].shape for n in wrong} }")
+        for name, values in arrays.items():
+            spec = self._specs[name]
+            self._group[spec.array_name][index] = values.astype(spec.dtype, copy=False)
+        self._group["done"][index] = True
+
+    def read(self, name: str, prompts: slice | list[int] | None = None) -> np.ndarray:
+        """Maps `name` of the chosen prompts (all by default), shaped ``(n_prompts, *spec.shape)``.
+
+        Example:
+            >>> s = open_capture("memory://doc.zarr")
+            >>> s.read("blk.attn1/self", [0]).shape
+            (1, 2, 4, 4)
+        """
+        if name not in self._specs:
+            raise KeyError(f"no array {name!r} in {self.url}; known: {sorted(self._specs)}")
+        array = self._group[self._specs[name].array_name]
+        if prompts is None or isinstance(prompts, slice):
+            return array[prompts if prompts is not None else slice(None)]
+        return array.oindex[np.asarray(prompts, dtype=np.int64)]
+
+    def consolidate(self) -> None:
+        """Write consolidated metadata (once, by one process, after all ranks have finished).
+
+        Example:
+            >>> CaptureStore.open("memory://doc.zarr", mode="r+").consolidate()
+            >>> import xarray as xr; "blk.attn1--self" in xr.open_zarr("memory://doc.zarr", consolidated=True)
+            True
+        """
+        self._check_writable()
+        with warnings.catch_warnings():  # "consolidated metadata is not part of the v3 spec"
+            warnings.simplefilter("ignore", UserWarning)
+            zarr.consolidate_metadata(self.url)
+
+    def to_xarray(self):
+        """Lazy `xarray.Dataset` (needs xarray): maps as variables; prompts, labels, ids, done as coords.
+
+        Example:
+            >>> ds = open_capture("memory://doc.zarr").to_xarray()
+            >>> ds["blk.attn1--self"].dims
+            ('prompt', 'step', 'query', 'key')
+        """
+        import xarray as xr
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # "falling back to non-consolidated"
+            ds = xr.open_zarr(self.url, consolidated=None)
+        labels = {f"label_{k}": (PROMPT_DIM, np.asarray(v)) for k, v in self.labels.items()}
+        return ds.set_coords(["prompts", "template_id", "done"]).assign_coords(labels)
+
+
+def open_capture(url: str) -> CaptureStore:
+    """Open a capture store read-only.
+
+    Example:
+        >>> store = open_capture("memory://doc.zarr")
+        >>> store.identity["model"]
+        'm'
+    """
+    return CaptureStore.open(url, mode="r")
