@@ -1,0 +1,74 @@
+"""Audio in and out: load any readable file as validated mono at the model rate; write wav atomically.
+
+Example:
+    >>> wave = load_audio("piano.wav", sample_rate=16000)        # mono float32, validated
+    >>> write_wav("out/violin.wav", wave, 16000)                  # temp file + rename: never half-written
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from probing.errors import MelodiaError
+
+SILENCE_PEAK = 1e-4
+
+
+def validate_wave(wave: np.ndarray, sample_rate: int, name: str = "audio", min_seconds: float = 0.25,
+                  max_seconds: float | None = None) -> np.ndarray:
+    """Check a mono waveform (finite, not silent, long enough, not too long); return it as float32."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if wave.ndim != 1:
+        raise MelodiaError(f"{name}: expected mono audio (1-D), got shape {wave.shape}")
+    if not np.all(np.isfinite(wave)):
+        raise MelodiaError(f"{name}: contains NaN or infinite samples")
+    seconds = len(wave) / sample_rate
+    if seconds < min_seconds:
+        raise MelodiaError(f"{name}: {seconds:.2f} s is too short (at least {min_seconds} s)")
+    if max_seconds is not None and seconds > max_seconds:
+        raise MelodiaError(f"{name}: {seconds:.1f} s is longer than {max_seconds:.1f} s")
+    if np.max(np.abs(wave)) < SILENCE_PEAK:
+        raise MelodiaError(f"{name}: is silent (peak below {SILENCE_PEAK})")
+    return wave
+
+
+def load_audio(path: str | Path, sample_rate: int, **limits) -> np.ndarray:
+    """Read `path` (wav/flac/ogg/mp3...), mix to mono, resample to `sample_rate`, validate."""
+    import librosa
+
+    path = Path(path)
+    if not path.is_file():
+        raise MelodiaError(f"{path}: no such file")
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        wave = data.mean(axis=1)
+    except (sf.LibsndfileError, RuntimeError):
+        try:
+            wave, rate = librosa.load(path, sr=None, mono=True)
+        except Exception as error:  # librosa raises many types for unreadable input
+            raise MelodiaError(f"{path}: not a readable audio file ({type(error).__name__})") from None
+    if rate != sample_rate:
+        wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
+    return validate_wave(wave, sample_rate, name=str(path), **limits)
+
+
+def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:
+    """Write 16-bit PCM wav through a temporary file in the same folder, then rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    wave = np.asarray(wave, dtype=np.float32)
+    if not np.all(np.isfinite(wave)):
+        raise MelodiaError(f"refusing to write {path}: the audio contains NaN or infinite samples")
+    fd, tmp = tempfile.mkstemp(suffix=".wav", dir=path.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return path

@@ -1,0 +1,31 @@
+"""Argument helpers shared by the subcommands.
+
+Example:
+    >>> parser = argparse.ArgumentParser(); add_model_argument(parser)
+    >>> parser.parse_args([]).model
+    'testbed'
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from probing.models import DEFAULT_MODEL, TINY_NAMES
+
+
+def add_model_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", default=DEFAULT_MODEL, metavar="M",
+                        help=f"testbed (default, shipped), {', '.join(TINY_NAMES)} (random weights, offline), "
+                             "a local pipeline folder, or a Hugging Face id such as cvssp/audioldm2-music")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def formatter(parser_description: str):
+    """Keep the examples in a --help text laid out as written."""
+    return {"description": parser_description, "formatter_class": argparse.RawDescriptionHelpFormatter}
+
+
+def print_json(data) -> None:
+    json.dump(data, sys.stdout, indent=1)
+    sys.stdout.write("\n")

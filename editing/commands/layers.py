@@ -1,0 +1,38 @@
+"""`melodia layers`: the layer table of a model (numbers, module paths, kinds, heads, tokens)."""
+from __future__ import annotations
+
+from editing.commands.common import formatter, print_json
+
+HELP = """Print a model's attention layers, measured by one forward pass.
+
+A layer is an attention position numbered 1..N in forward order; each holds self- and/or
+cross-attention modules (kind decided by what they attend to at run time). Layer specs such as
+self:8-14 select from this table.
+
+examples:
+  melodia layers testbed
+  melodia layers tiny-audioldm2 --json
+  melodia layers testbed --select self:8-14
+"""
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("layers", help="print the layer table", **formatter(HELP))
+    parser.add_argument("model", nargs="?", default="testbed", help="model name, folder or hub id")
+    parser.add_argument("--select", metavar="SPEC", help="only the modules a layer spec selects")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--device", default="cpu")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> None:
+    from probing.layers import LayerTable, measure_layer_table
+    from probing.models import load_model
+
+    table = measure_layer_table(load_model(args.model, device=args.device))
+    if args.select:
+        table = LayerTable(table.model, tuple(table.select(args.select)))
+    if args.json:
+        print_json(table.to_json())
+    else:
+        print(table.format())

@@ -1,0 +1,126 @@
+"""Capture: run prompts through a model and write every chosen layer's reduced maps to a Zarr store.
+
+Each rank (torchrun / accelerate: RANK, WORLD_SIZE) writes prompts[rank::world]; a killed run
+resumes from the store's `done` mask; rank 0 consolidates the metadata once all prompts are in.
+
+Example:
+    >>> model = load_model("testbed")
+    >>> store = capture(model, load_prompts("testbed-small.yaml"), "maps.zarr", layers="*", steps=10)
+    >>> store.done_mask().all()
+    True
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from probing.errors import MelodiaError
+from probing.layers import LayerTable, ModuleInfo, measure_layer_table
+from probing.maps import Reduction
+from probing.prompts import PromptSet
+from probing.recorder import AttentionRecorder
+from probing.store import ArraySpec, CaptureStore
+
+
+@dataclass(frozen=True)
+class CaptureSettings:
+    """What a capture run records (part of the store's identity: a resume must match it)."""
+
+    layers: str = "*"
+    steps: int = 10
+    step_indices: tuple[int, ...] | None = None  # which denoising steps to keep (None: all)
+    guidance: float = 3.0
+    seed: int = 0
+    reduction: Reduction = Reduction()
+
+
+def config_hash(model) -> str:
+    """A short hash of the denoiser's config: two stores of one hash come from one architecture."""
+    config = json.dumps(dict(model.denoiser.config), sort_keys=True, default=str)
+    return hashlib.sha256(config.encode()).hexdigest()[:16]
+
+
+def map_spec(module: ModuleInfo, n_steps: int, reduction: Reduction) -> ArraySpec:
+    """The store array for one module's maps: (step, [cfg], [head], query, key)."""
+    shape, dims = [n_steps], ["step"]
+    if reduction.batch == "both":
+        shape, dims = shape + [2], dims + ["cfg"]
+    if reduction.heads == "all":
+        shape, dims = shape + [module.heads], dims + ["head"]
+    query_grid = reduction.pooled(module.grid)
+    keys = query_grid[0] * query_grid[1] if module.kind == "self" else module.key_tokens
+    attrs = {"module": module.path, "alias": module.alias, "kind": module.kind, "layer": module.layer,
+             "query_grid": list(query_grid), "key_grid": list(query_grid) if module.kind == "self" else None}
+    return ArraySpec(f"{module.path}/{module.kind}", (*shape, query_grid[0] * query_grid[1], keys),
+                     (*dims, "query", "key"), attrs=attrs)
+
+
+def _timesteps(model, settings: CaptureSettings) -> list[float]:
+    model.scheduler.set_timesteps(settings.steps)
+    all_steps = [float(t) for t in model.scheduler.timesteps]
+    if settings.step_indices is None:
+        return all_steps
+    bad = [i for i in settings.step_indices if not 0 <= i < len(all_steps)]
+    if bad:
+        raise MelodiaError(f"step index {bad[0]} is outside 0-{len(all_steps) - 1} for --steps {settings.steps}")
+    return [all_steps[i] for i in settings.step_indices]
+
+
+def distributed_rank() -> tuple[int, int]:
+    """(rank, world) from torchrun / accelerate environment variables; (0, 1) when run alone."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def open_store(model, prompts: PromptSet, url: str, settings: CaptureSettings, table: LayerTable,
+               rank: int = 0, world: int = 1, overwrite: bool = False) -> tuple[CaptureStore, list[ModuleInfo]]:
+    """Create (or resume) the store for this run; returns it with the selected modules."""
+    modules = table.select(settings.layers)
+    if not modules:
+        raise MelodiaError(f"layer spec {settings.layers!r} selects no attention module of {model.name}")
+    timesteps = _timesteps(model, settings)
+    identity = {"model": model.name, "family": model.family, "config_hash": config_hash(model),
+                "layers": settings.layers, "steps": settings.steps, "timesteps": timesteps,
+                "guidance": settings.guidance, "seed": settings.seed, "reduction": settings.reduction.to_json()}
+    specs = [map_spec(m, len(timesteps), settings.reduction) for m in modules]
+    store = CaptureStore.open_for_rank(url, rank=rank, world=world, prompts=prompts.prompts, specs=specs,
+                                       identity=identity, labels=prompts.labels or None,
+                                       template_ids=prompts.template_ids or None,
+                                       attrs={"layer_table": table.to_json(), "prompt_set": prompts.name},
+                                       overwrite=overwrite)
+    return store, modules
+
+
+def capture(model, prompts: PromptSet, url: str, settings: CaptureSettings = CaptureSettings(),
+            overwrite: bool = False, progress: bool = True) -> CaptureStore:
+    """Capture `prompts` into the store at `url` (resuming what is already there)."""
+    rank, world = distributed_rank()
+    table = measure_layer_table(model)
+    store, modules = open_store(model, prompts, url, settings, table, rank, world, overwrite)
+    timesteps = store.identity["timesteps"]
+    for index in tqdm(store.pending(rank, world), desc=f"capture (rank {rank}/{world})", disable=not progress):
+        with AttentionRecorder(model, modules, settings.reduction, timesteps=timesteps) as recorder:
+            model.generate(prompts.prompts[index], settings.steps, settings.guidance, settings.seed, decode=False)
+        maps = {}
+        for module, spec in zip(modules, store.specs):
+            recorded, stacked = recorder.stacked(module.path)
+            if recorded != timesteps:
+                raise RuntimeError(f"{module.path}: recorded timesteps {recorded} differ from the plan {timesteps}")
+            if settings.reduction.heads == "mean":
+                stacked = stacked[:, :, 0]
+            maps[spec.name] = stacked[:, 0] if settings.reduction.batch == "cond" else stacked
+        store.write_prompt(index, maps)
+    _finish(store, rank, world)
+    return store
+
+
+def _finish(store: CaptureStore, rank: int, world: int) -> None:
+    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+    if rank == 0 and bool(np.all(store.done_mask())):
+        store.consolidate()

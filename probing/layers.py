@@ -1,0 +1,153 @@
+"""Attention modules and layers, measured by a forward pass; the layer-spec language.
+
+A *module* is one attention module; its kind (self/cross) is what it attended to at run time.
+A *layer* is one attention position (a UNet transformer slot or a DiT block), numbered 1..N in
+forward execution order. Layer specs select modules: `8-14`, `self:8-14`, `cross:*`, `up`,
+`down,mid`, `all`, `none`, `auto` (resolved from a LayerProfile by the caller).
+
+Example:
+    >>> table = measure_layer_table(load_model("testbed"))
+    >>> [m.alias for m in table.select("self:8")]
+    ['up0.a0.t0.attn1']
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+
+import torch
+
+from probing.errors import MelodiaError
+from probing.hooks import AttentionCall, AttentionHooks
+
+KINDS = ("self", "cross")
+BLOCKS = ("down", "mid", "up")
+
+
+@dataclass(frozen=True)
+class ModuleInfo:
+    """One attention module as measured: stable id (`path`), human alias, kind, layer number, sizes."""
+
+    path: str
+    alias: str
+    kind: str
+    layer: int
+    position: str
+    heads: int
+    query_tokens: int
+    key_tokens: int
+    grid: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class LayerTable:
+    """All attention modules of a model in forward order, grouped into numbered layers."""
+
+    model: str
+    modules: tuple[ModuleInfo, ...]
+
+    @property
+    def n_layers(self) -> int:
+        return max((m.layer for m in self.modules), default=0)
+
+    def counts(self) -> dict[str, int]:
+        return {kind: sum(m.kind == kind for m in self.modules) for kind in KINDS}
+
+    def select(self, spec: str) -> list[ModuleInfo]:
+        """Modules matched by a layer spec (not `auto`: resolve that from a profile first)."""
+        kinds, layers = parse_layer_spec(spec, self)
+        return [m for m in self.modules if m.kind in kinds and m.layer in layers]
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "n_layers": self.n_layers, "counts": self.counts(),
+                "modules": [asdict(m) for m in self.modules]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> "LayerTable":
+        modules = tuple(ModuleInfo(**{**m, "grid": tuple(m["grid"])}) for m in data["modules"])
+        return cls(data["model"], modules)
+
+    def format(self) -> str:
+        """A plain-text table: layer, kind, alias, heads, tokens, grid, module path."""
+        rows = [f"{'layer':>5}  {'kind':5}  {'alias':22} {'heads':>5} {'query':>6} {'key':>5}  {'grid':9} path"]
+        for m in self.modules:
+            grid = f"{m.grid[0]}x{m.grid[1]}"
+            rows.append(f"{m.layer:>5}  {m.kind:5}  {m.alias:22} {m.heads:>5} {m.query_tokens:>6} "
+                        f"{m.key_tokens:>5}  {grid:9} {m.path}")
+        counts = self.counts()
+        rows.append(f"{self.n_layers} layers, {len(self.modules)} attention modules "
+                    f"({counts['self']} self, {counts['cross']} cross)")
+        return "\n".join(rows)
+
+
+def _short(position: str) -> str:
+    short = position.replace("down_blocks.", "down").replace("up_blocks.", "up").replace("mid_block", "mid")
+    return short.replace(".attentions.", ".a").replace("transformer_blocks.", "b").replace(".position", ".p")
+
+
+def measure_layer_table(model) -> LayerTable:
+    """Run one denoiser forward with hooks on every attention module and build the table from what ran."""
+    calls: list[AttentionCall] = []
+    paths = list(model.attention_modules())
+    with AttentionHooks(model, paths, on_call=calls.append), torch.no_grad():
+        model.denoiser(**model.dummy_denoiser_inputs(batch=1))
+    if len(calls) != len(paths):
+        missing = sorted(set(paths) - {c.path for c in calls})
+        raise RuntimeError(f"{len(missing)} attention modules did not run in a forward pass (first: {missing[0]})")
+    positions: dict[str, int] = {}
+    transformers: dict[str, list[str]] = {}
+    modules = []
+    for call in calls:
+        position = model.position_of(call.path)
+        layer = positions.setdefault(position, len(positions) + 1)
+        owner = call.path.rsplit(".", 1)[0]
+        members = transformers.setdefault(position, [])
+        if owner not in members:
+            members.append(owner)
+        query_tokens, key_tokens = call.query.shape[1], call.key.shape[1]
+        alias = f"{_short(position)}.t{members.index(owner)}.{call.path.rsplit('.', 1)[1]}"
+        modules.append(ModuleInfo(call.path, alias, call.kind, layer, position, call.module.heads, query_tokens,
+                                  key_tokens, model.token_grid(query_tokens, call.latent_hw)))
+    return LayerTable(model.name, tuple(modules))
+
+
+_SPEC_HELP = "e.g. 8-14, self:8-14, cross:*, up, down,mid, all, none, auto"
+
+
+def parse_layer_spec(spec: str, table: LayerTable) -> tuple[set[str], set[int]]:
+    """`spec` -> (kinds, layer numbers). Raises MelodiaError naming the valid range."""
+    text = spec.strip().lower()
+    n = table.n_layers
+    if text == "auto":
+        raise MelodiaError("layer spec 'auto' needs a layer profile (--profile profile.json)")
+    if text == "none":
+        return set(), set()
+    kinds, _, ranges = text.rpartition(":") if ":" in text else ("*", "", text)
+    if kinds not in ("*", *KINDS):
+        raise MelodiaError(f"bad layer spec {spec!r}: kind must be self, cross or * ({_SPEC_HELP})")
+    chosen_kinds = set(KINDS) if kinds == "*" else {kinds}
+    if ranges in ("*", "all"):
+        return chosen_kinds, set(range(1, n + 1))
+    layers: set[int] = set()
+    for item in ranges.split(","):
+        item = item.strip()
+        if item in BLOCKS:
+            block = {m.layer for m in table.modules if m.position.startswith(item)}
+            if not block:
+                raise MelodiaError(f"bad layer spec {spec!r}: {table.model} has no '{item}' block")
+            layers |= block
+            continue
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+        if not match:
+            raise MelodiaError(f"bad layer spec {spec!r}: cannot read {item!r} ({_SPEC_HELP})")
+        low, high = int(match[1]), int(match[2] or match[1])
+        if not 1 <= low <= high <= n:
+            raise MelodiaError(f"bad layer spec {spec!r}: {table.model} has layers 1-{n} ({_SPEC_HELP})")
+        layers |= set(range(low, high + 1))
+    return chosen_kinds, layers
+
+
+def save_layer_table(table: LayerTable, path) -> None:
+    with open(path, "w") as f:
+        json.dump(table.to_json(), f, indent=1)

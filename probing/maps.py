@@ -1,0 +1,114 @@
+"""Attention probabilities from hooked Q/K, and the reductions that keep captures small.
+
+Maps are computed in query chunks within a memory budget; keys are pooled inside each chunk,
+queries at the end, so the full (heads x N x N) map of a large layer never exists at once.
+Shapes: self maps reduce to (batch, heads', Q', Q'), cross maps to (batch, heads', Q', text tokens),
+where Q' is the query grid (time x freq) average-pooled to at most `Reduction.grid` and a
+self map's key grid is sum-pooled the same way (each row still sums to 1).
+
+Example:
+    >>> reduction = Reduction(heads="mean", grid=(16, 4))
+    >>> reduced = reduce_call(model, call, reduction)      # call: a probing.hooks.AttentionCall
+    >>> reduced.shape                                       # (batch, 1, Q', K')
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+
+from probing.hooks import AttentionCall
+
+
+@dataclass(frozen=True)
+class Reduction:
+    """How a captured map is reduced on the fly (recorded in the store's attributes).
+
+    heads: "mean" over heads, or "all" heads kept.
+    grid: the (time, freq) query/key grid is average-pooled to at most this size; None keeps it.
+    batch: "cond" keeps the text-conditioned half of a CFG batch, "both" keeps [uncond, cond].
+    memory_mb: budget for one chunk of attention logits.
+    """
+
+    heads: str = "mean"
+    grid: tuple[int, int] | None = (16, 4)
+    batch: str = "cond"
+    memory_mb: int = 256
+
+    def __post_init__(self):
+        if self.heads not in ("mean", "all"):
+            raise ValueError(f"heads must be 'mean' or 'all', got {self.heads!r}")
+        if self.batch not in ("cond", "both"):
+            raise ValueError(f"batch must be 'cond' or 'both', got {self.batch!r}")
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def pooled(self, grid: tuple[int, int]) -> tuple[int, int]:
+        """Size of `grid` after pooling."""
+        if self.grid is None:
+            return grid
+        return (min(grid[0], self.grid[0]), min(grid[1], self.grid[1]))
+
+
+def processor_mask(module: torch.nn.Module, mask: torch.Tensor | None, key_len: int, batch: int) -> torch.Tensor | None:
+    """The additive mask exactly as diffusers' attention processors prepare it: (batch, heads|1, 1|N, key_len)."""
+    if mask is None:
+        return None
+    prepared = module.prepare_attention_mask(mask, key_len, batch)
+    return prepared.view(batch, module.heads, -1, prepared.shape[-1])
+
+
+def _pool_grid(x: torch.Tensor, grid: tuple[int, int], out: tuple[int, int], keep_mass: bool) -> torch.Tensor:
+    """Pool the last axis of `x` (length grid[0]*grid[1], row-major) to out[0]*out[1].
+
+    keep_mass: scale the average to a sum over each window (key axis: rows keep summing to 1).
+    """
+    if tuple(grid) == tuple(out):
+        return x
+    lead = x.shape[:-1]
+    pooled = F.adaptive_avg_pool2d(x.reshape(-1, *grid), out).reshape(*lead, out[0] * out[1])
+    return pooled * (grid[0] * grid[1] / (out[0] * out[1])) if keep_mass else pooled
+
+
+def attention_probs_reduced(query: torch.Tensor, key: torch.Tensor, scale: float, mask: torch.Tensor | None,
+                            query_grid: tuple[int, int], key_grid: tuple[int, int] | None,
+                            reduction: Reduction) -> torch.Tensor:
+    """softmax(Q K^T * scale + mask), reduced; Q/K are (B, H, N, d) and (B, H, M, d).
+
+    key_grid None means keys are text tokens (not pooled). Returns float32 (B, H', Q', K').
+    """
+    batch, heads, n_query, _ = query.shape
+    n_key = key.shape[2]
+    rows_per_chunk = max(1, reduction.memory_mb * 2**20 // (4 * batch * heads * n_key))
+    key_out = reduction.pooled(key_grid) if key_grid is not None else None
+    chunks = []
+    for start in range(0, n_query, rows_per_chunk):
+        q = query[:, :, start:start + rows_per_chunk].float()
+        logits = q @ key.float().transpose(-1, -2) * scale
+        if mask is not None:
+            logits = logits + (mask if mask.shape[-2] == 1 else mask[:, :, start:start + rows_per_chunk]).float()
+        probs = logits.softmax(dim=-1)
+        if reduction.heads == "mean":
+            probs = probs.mean(dim=1, keepdim=True)
+        if key_grid is not None:
+            probs = _pool_grid(probs, key_grid, key_out, keep_mass=True)
+        chunks.append(probs)
+    probs = torch.cat(chunks, dim=2)  # (B, H', N, K')
+    query_out = reduction.pooled(query_grid)
+    return _pool_grid(probs.transpose(-1, -2), query_grid, query_out, keep_mass=False).transpose(-1, -2)
+
+
+def reduce_call(model, call: AttentionCall, reduction: Reduction, rows: slice = slice(None)) -> torch.Tensor:
+    """The reduced attention map of one hooked call for batch `rows`, (B', H', Q', K'), float32 on the CPU."""
+    query, key = model.heads_qk(call.module, call.query, call.key, call.call_kwargs)
+    mask = processor_mask(call.module, call.attention_mask, key.shape[2], query.shape[0])
+    query, key = query[rows], key[rows]
+    mask = mask[rows] if mask is not None else None
+    query_grid = model.token_grid(query.shape[2], call.latent_hw)
+    key_grid = query_grid if call.kind == "self" else None
+    if call.kind == "self" and key.shape[2] != query.shape[2]:
+        key_grid = model.token_grid(key.shape[2], call.latent_hw)
+    scale = getattr(call.module, "scale", query.shape[-1] ** -0.5)
+    return attention_probs_reduced(query, key, scale, mask, query_grid, key_grid, reduction).cpu()

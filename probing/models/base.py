@@ -1,0 +1,145 @@
+"""The adapter protocol: one small class per model family, everything else written once against it.
+
+Example:
+    >>> model = load_model("testbed")               # probing.models.load_model
+    >>> cond = model.encode_prompt(["a calm waltz on flute"], guidance=3.0)
+    >>> eps = model.predict_noise(torch.randn(1, *model.latent_shape), 500, cond, guidance=3.0)
+"""
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.models.attention import AttentionModuleMixin
+from diffusers.models.attention_processor import Attention
+
+ATTENTION_CLASSES = (Attention, AttentionModuleMixin)
+
+
+@dataclass
+class Conditioning:
+    """Denoiser keyword arguments for one batch; under CFG the batch is [uncond, cond]."""
+
+    kwargs: dict[str, Any]
+    guided: bool
+    prompts: list[str] = field(default_factory=list)
+
+
+class DiffusionModel(ABC):
+    """A diffusers pipeline seen through the few operations melodia needs.
+
+    Subclasses set `family`, `default_edit_layers` and implement the abstract methods; they are
+    thin translations of the pipeline's own code, never a re-implementation of the model.
+    """
+
+    family: ClassVar[str]
+    pipeline_classes: ClassVar[tuple[str, ...]]
+    default_edit_layers: ClassVar[str] = "self:*"
+    sample_rate: int
+
+    def __init__(self, pipeline: DiffusionPipeline, name: str):
+        self.pipeline = pipeline
+        self.name = name
+        self._check_hookable()
+
+    # ---- the model's parts -------------------------------------------------------------
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        return self.pipeline.unet if hasattr(self.pipeline, "unet") else self.pipeline.transformer
+
+    @property
+    def scheduler(self):
+        return self.pipeline.scheduler
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    def attention_modules(self) -> dict[str, torch.nn.Module]:
+        """Every attention module of the denoiser (both diffusers base classes), by module path."""
+        return {path: m for path, m in self.denoiser.named_modules() if isinstance(m, ATTENTION_CLASSES)}
+
+    def position_of(self, path: str) -> str:
+        """The attention position (layer) a module belongs to: the `...attentions.N` transformer."""
+        parts = path.split(".")
+        return ".".join(parts[: parts.index("attentions") + 2])
+
+    def token_grid(self, n_tokens: int, latent_hw: tuple[int, ...]) -> tuple[int, int]:
+        """(time, freq) grid of `n_tokens` query tokens, given the denoiser input's spatial shape."""
+        if len(latent_hw) == 1:
+            return (n_tokens, 1)
+        height, width = latent_hw
+        factor = max(1, round(math.sqrt(height * width / n_tokens)))
+        grid = (math.ceil(height / factor), math.ceil(width / factor))
+        return grid if grid[0] * grid[1] == n_tokens else (n_tokens, 1)
+
+    def heads_qk(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                 call_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Projected Q/K (B, N, heads*d) -> (B, heads, N, d), exactly as the processor uses them."""
+        heads = module.heads
+        batch, head_dim = query.shape[0], query.shape[-1] // module.heads
+        query = query.view(batch, -1, heads, head_dim).transpose(1, 2)
+        key = key.view(batch, -1, key.shape[-1] // head_dim, head_dim).transpose(1, 2)
+        if key.shape[1] != heads:  # grouped KV heads: each serves heads // kv_heads query heads
+            key = key.repeat_interleave(heads // key.shape[1], dim=1)
+        if getattr(module, "norm_q", None) is not None:
+            query = module.norm_q(query)
+        if getattr(module, "norm_k", None) is not None:
+            key = module.norm_k(key)
+        return query, key
+
+    # ---- what each family must provide ---------------------------------------------------
+    @abstractmethod
+    def encode_prompt(self, prompts: list[str], guidance: float, negative: list[str] | None = None) -> Conditioning:
+        """Text -> denoiser kwargs ([uncond, cond] when guidance > 1)."""
+
+    @abstractmethod
+    def generate(self, prompt: str, steps: int, guidance: float, seed: int, decode: bool = True) -> np.ndarray:
+        """Plain text-to-audio through the pipeline's own `__call__`: mono float32 at `sample_rate`
+        (decode=False: the final latents, skipping the decoder)."""
+
+    @abstractmethod
+    def encode_audio(self, wave: np.ndarray) -> torch.Tensor:
+        """Mono float32 at `sample_rate` -> latents z0 (batch 1)."""
+
+    @abstractmethod
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents -> mono float32 waveform at `sample_rate`."""
+
+    @abstractmethod
+    def dummy_denoiser_inputs(self, batch: int = 1) -> dict[str, Any]:
+        """Keyword arguments for one denoiser forward at the default clip length (used to measure layers)."""
+
+    def denoise_call(self, latents: torch.Tensor, t: torch.Tensor | int, cond: Conditioning) -> torch.Tensor:
+        """One denoiser forward for the (already CFG-expanded) batch."""
+        return self.denoiser(latents, t, **cond.kwargs, return_dict=False)[0]
+
+    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor | int, cond: Conditioning,
+                      guidance: float) -> torch.Tensor:
+        """The model output at `t` with classifier-free guidance applied as the pipeline does."""
+        batch = torch.cat([latents, latents]) if cond.guided else latents
+        batch = self.scheduler.scale_model_input(batch, t)
+        out = self.denoise_call(batch, t, cond)
+        if not cond.guided:
+            return out
+        uncond, text = out.chunk(2)
+        return uncond + guidance * (text - uncond)
+
+    # ---- safety ---------------------------------------------------------------------------
+    def _check_hookable(self) -> None:
+        if hasattr(self.denoiser, "_orig_mod"):
+            raise ValueError(f"{self.name}: the denoiser is torch.compile'd; melodia's per-module hooks would be "
+                             "bypassed. Load the model without torch.compile.")
+        fused = [p for p, m in self.attention_modules().items() if getattr(m, "fused_projections", False)]
+        if fused:
+            raise ValueError(f"{self.name}: fused QKV projections in {fused[0]} (and {len(fused) - 1} more) bypass "
+                             "melodia's hooks; call unfuse_qkv_projections() first.")

@@ -1,0 +1,84 @@
+"""The testbed's training set: random synthetic renders as latents, with their class labels.
+
+Example:
+    >>> data = render_dataset(n_clips=8, seed=0)
+    >>> data.latents.shape
+    (8, 16, 64, 16)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+import torch
+from tokenizers import pre_tokenizers
+from tqdm import tqdm
+
+from probing.synth import caption, class_lists, render_clip, templates
+from probing.testbed.codec import MelCodec
+
+ATTRIBUTES = ("instrument", "style", "mood")
+
+
+@dataclass
+class TestbedData:
+    """Latents (float16, normalised with `mel_mean`/`mel_std`) and label indices per clip."""
+
+    latents: np.ndarray  # (N, C, H, W)
+    labels: np.ndarray  # (N, 3) indices into class_lists() for ATTRIBUTES
+    score_seeds: np.ndarray  # (N,)
+    mel_mean: float
+    mel_std: float
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp.npz")
+        np.savez(tmp, latents=self.latents, labels=self.labels, score_seeds=self.score_seeds,
+                 mel_stats=np.array([self.mel_mean, self.mel_std]))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: Path) -> "TestbedData":
+        with np.load(path, allow_pickle=False) as f:
+            mean, std = f["mel_stats"]
+            return cls(f["latents"], f["labels"], f["score_seeds"], float(mean), float(std))
+
+
+def caption_vocabulary(draws: int = 3, seed: int = 0) -> list[str]:
+    """Every word any caption template can produce (names and paraphrases)."""
+    rng = np.random.default_rng(seed)
+    classes = class_lists()
+    split = pre_tokenizers.Whitespace().pre_tokenize_str  # the tokenizer's own word split
+    words: set[str] = set()
+    for template_id in templates():
+        for instrument in classes["instrument"]:
+            for style in classes["style"]:
+                for mood in classes["mood"]:
+                    texts = [caption(instrument, style, mood, template_id)]
+                    texts += [caption(instrument, style, mood, template_id, alias_rng=rng) for _ in range(draws)]
+                    words.update(word.lower() for text in texts for word, _ in split(text))
+    return sorted(words)
+
+
+def _render_log_mel(job: tuple[str, str, str, int]) -> np.ndarray:
+    wave = render_clip(*job)
+    return MelCodec().log_mel(torch.from_numpy(wave).unsqueeze(0))[0].numpy()
+
+
+def render_dataset(n_clips: int, seed: int = 0, workers: int = 1) -> TestbedData:
+    """Render `n_clips` random (instrument, style, mood, score seed) clips and encode them."""
+    rng = np.random.default_rng(seed)
+    classes = class_lists()
+    labels = np.stack([rng.integers(0, len(classes[a]), n_clips) for a in ATTRIBUTES], axis=1)
+    score_seeds = rng.integers(0, 2**31 - 1, n_clips)
+    jobs = [(classes["instrument"][i], classes["style"][s], classes["mood"][m], int(k))
+            for (i, s, m), k in zip(labels, score_seeds)]
+    with Pool(workers) as pool:
+        log_mels = np.stack(list(tqdm(pool.imap(_render_log_mel, jobs, chunksize=16), total=n_clips,
+                                      desc="rendering clips")))
+    mean, std = float(log_mels.mean()), float(log_mels.std())
+    codec = MelCodec(mel_mean=mean, mel_std=std)
+    normalised = (torch.from_numpy(log_mels) - mean) / std
+    latents = torch.nn.functional.pixel_unshuffle(normalised.unsqueeze(1), codec.latent_factor)
+    return TestbedData(latents.numpy().astype(np.float16), labels, score_seeds, mean, std)

@@ -1,0 +1,179 @@
+"""Train the testbed on synthetic music: resumable, time-boxed, exports a diffusers pipeline.
+
+    python -m probing.testbed.train --run runs/testbed --minutes 85 --out probing/testbed/weights
+
+Re-running the same command resumes from `<run>/checkpoint`. The rendered training set is cached
+in `<run>/data.npz`; losses go to `<run>/loss.csv`; the export (EMA weights) is written to a
+temporary folder and renamed into place, so `--out` is never half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import csv
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from tqdm import tqdm
+
+from probing.synth import caption, class_lists, templates
+from probing.testbed.build import build_untrained
+from probing.testbed.codec import MelCodec
+from probing.testbed.data import ATTRIBUTES, TestbedData, caption_vocabulary, render_dataset
+from probing.testbed.pipeline import TestbedPipeline
+
+CAPTION_DROPOUT = 0.1  # empty caption, so classifier-free guidance works
+
+
+class Trainer:
+    """One training run: model, optimiser, EMA, data; `checkpoint()`/`resume()` round-trip all of it."""
+
+    def __init__(self, run: Path, data: TestbedData, words: list[str], lr: float, batch: int, seed: int):
+        self.run, self.data, self.words, self.batch = run, data, words, batch
+        codec = MelCodec(mel_mean=data.mel_mean, mel_std=data.mel_std)
+        self.pipe = build_untrained(words, seed=seed, codec=codec)
+        self.modules = {"unet": self.pipe.unet, "text_encoder": self.pipe.text_encoder}
+        params = [p for m in self.modules.values() for p in m.parameters()]
+        self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
+        self.ema = {name: copy.deepcopy(m).requires_grad_(False) for name, m in self.modules.items()}
+        self.step = 0
+        self.rng = np.random.default_rng(seed)
+        self.classes = class_lists()
+        self.template_ids = sorted(templates())
+        self.alphas = self.pipe.scheduler.alphas_cumprod.float()
+        self.lr = lr
+
+    def captions(self, label_rows: np.ndarray) -> list[str]:
+        out = []
+        for row in label_rows:
+            if self.rng.random() < CAPTION_DROPOUT:
+                out.append("")
+                continue
+            names = [self.classes[a][i] for a, i in zip(ATTRIBUTES, row)]
+            out.append(caption(*names, int(self.rng.choice(self.template_ids)), alias_rng=self.rng))
+        return out
+
+    def train_step(self) -> float:
+        index = self.rng.integers(0, len(self.data.latents), self.batch)
+        x0 = torch.from_numpy(self.data.latents[index].astype(np.float32))
+        hidden, mask = self.pipe.encode_prompt(self.captions(self.data.labels[index]))
+        t = torch.from_numpy(self.rng.integers(0, len(self.alphas), self.batch))
+        noise = torch.from_numpy(self.rng.standard_normal(x0.shape).astype(np.float32))
+        a = self.alphas[t].view(-1, 1, 1, 1)
+        xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
+        eps = self.pipe.unet(xt, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+        loss = F.mse_loss(eps, noise)
+        warmup = min(1.0, (self.step + 1) / 200)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.lr * warmup
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
+        self.optimizer.step()
+        self.update_ema()
+        self.step += 1
+        return float(loss)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        decay = min(0.999, (1 + self.step) / (10 + self.step))
+        for name, module in self.modules.items():
+            for average, value in zip(self.ema[name].parameters(), module.parameters()):
+                average.mul_(decay).add_(value.detach(), alpha=1 - decay)
+
+    def checkpoint(self) -> None:
+        tmp = self.run / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, module in self.modules.items():
+            save_model(module, tmp / f"{name}.safetensors")
+            save_model(self.ema[name], tmp / f"ema_{name}.safetensors")
+        torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
+        state = {"step": self.step, "words": self.words, "rng": self.rng.bit_generator.state}
+        (tmp / "state.json").write_text(json.dumps(state))
+        final = self.run / "checkpoint"
+        shutil.rmtree(final, ignore_errors=True)
+        tmp.rename(final)
+
+    def resume(self) -> bool:
+        folder = self.run / "checkpoint"
+        if not (folder / "state.json").exists():
+            return False
+        state = json.loads((folder / "state.json").read_text())
+        if state["words"] != self.words:
+            raise SystemExit(f"{folder} was trained on another caption vocabulary; use a new --run folder")
+        for name, module in self.modules.items():
+            load_model(module, folder / f"{name}.safetensors")
+            load_model(self.ema[name], folder / f"ema_{name}.safetensors")
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+        self.step = state["step"]
+        self.rng.bit_generator.state = state["rng"]
+        return True
+
+    def export(self, out: Path) -> TestbedPipeline:
+        """Save the EMA weights as a diffusers pipeline folder (safetensors), atomically."""
+        for name, module in self.modules.items():
+            module.load_state_dict(self.ema[name].state_dict())
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        self.pipe.save_pretrained(tmp, safe_serialization=True)
+        shutil.rmtree(out, ignore_errors=True)
+        tmp.rename(out)
+        return self.pipe
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=Path, default=Path("runs/testbed"), help="checkpoint/log folder")
+    parser.add_argument("--out", type=Path, default=None, help="export the trained pipeline here when done")
+    parser.add_argument("--clips", type=int, default=6000, help="training clips to render")
+    parser.add_argument("--minutes", type=float, default=85.0, help="stop after this much training time")
+    parser.add_argument("--max-steps", type=int, default=100_000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes between checkpoints")
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    args.run.mkdir(parents=True, exist_ok=True)
+    data_path = args.run / "data.npz"
+    if data_path.exists():
+        data = TestbedData.load(data_path)
+    else:
+        data = render_dataset(args.clips, seed=args.seed, workers=args.threads)
+        data.save(data_path)
+    trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed)
+    if trainer.resume():
+        print(f"resumed at step {trainer.step}")
+    log_path = args.run / "loss.csv"
+    new_log = not log_path.exists()
+    started = last_checkpoint = time.monotonic()
+    with log_path.open("a", newline="") as log, tqdm(initial=trainer.step, total=args.max_steps, desc="training") as bar:
+        writer = csv.writer(log)
+        if new_log:
+            writer.writerow(["step", "loss", "wall_s"])
+        while trainer.step < args.max_steps and time.monotonic() - started < args.minutes * 60:
+            loss = trainer.train_step()
+            writer.writerow([trainer.step, f"{loss:.5f}", f"{time.monotonic() - started:.1f}"])
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if time.monotonic() - last_checkpoint > args.checkpoint_every * 60:
+                trainer.checkpoint()
+                log.flush()
+                last_checkpoint = time.monotonic()
+    trainer.checkpoint()
+    if args.out is not None:
+        trainer.export(args.out)
+        print(f"exported the testbed pipeline to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
