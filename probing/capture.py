@@ -120,7 +120,13 @@ def capture(model, prompts: PromptSet, url: str, settings: CaptureSettings = Cap
 
 
 def _finish(store: CaptureStore, rank: int, world: int) -> None:
-    if world > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+    """Wait for every rank (gloo barrier under torchrun), then rank 0 consolidates a complete store."""
+    if world > 1 and torch.distributed.is_available() and "MASTER_ADDR" in os.environ:
+        started_here = not torch.distributed.is_initialized()
+        if started_here:
+            torch.distributed.init_process_group("gloo", rank=rank, world_size=world)
         torch.distributed.barrier()
+        if started_here:
+            torch.distributed.destroy_process_group()
     if rank == 0 and bool(np.all(store.done_mask())):
         store.consolidate()
