@@ -61,6 +61,14 @@ def map_spec(module: ModuleInfo, n_steps: int, reduction: Reduction) -> ArraySpe
                      (*dims, "query", "key"), attrs=attrs)
 
 
+def pad_keys(maps: np.ndarray, n_keys: int, path: str) -> np.ndarray:
+    """Zero-pad the key axis of cross maps whose text length varies per prompt (T5 pads to the longest)."""
+    missing = n_keys - maps.shape[-1]
+    if missing < 0:
+        raise RuntimeError(f"{path}: {maps.shape[-1]} keys, more than the {n_keys} of the layer table")
+    return np.pad(maps, [(0, 0)] * (maps.ndim - 1) + [(0, missing)]) if missing else maps
+
+
 def _timesteps(model, settings: CaptureSettings) -> list[float]:
     model.scheduler.set_timesteps(settings.steps)
     all_steps = [float(t) for t in model.scheduler.timesteps]
@@ -113,7 +121,8 @@ def capture(model, prompts: PromptSet, url: str, settings: CaptureSettings = Cap
                 raise RuntimeError(f"{module.path}: recorded timesteps {recorded} differ from the plan {timesteps}")
             if settings.reduction.heads == "mean":
                 stacked = stacked[:, :, 0]
-            maps[spec.name] = stacked[:, 0] if settings.reduction.batch == "cond" else stacked
+            stacked = stacked[:, 0] if settings.reduction.batch == "cond" else stacked
+            maps[spec.name] = pad_keys(stacked, spec.shape[-1], module.path)
         store.write_prompt(index, maps)
     _finish(store, rank, world)
     return store

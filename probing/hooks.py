@@ -54,7 +54,7 @@ def _timestep_of(args: tuple, kwargs: dict) -> float | None:
     if t is None:
         return None
     t = torch.as_tensor(t).flatten()
-    return float(t[0]) if t.numel() else None
+    return float(t[0]) if t.numel() and not t.is_meta else None
 
 
 def _sample_of(args: tuple, kwargs: dict) -> torch.Tensor:

@@ -3,7 +3,8 @@
 A *module* is one attention module; its kind (self/cross) is what it attended to at run time.
 A *layer* is one attention position (a UNet transformer slot or a DiT block), numbered 1..N in
 forward execution order. Layer specs select modules: `8-14`, `self:8-14`, `cross:*`, `up`,
-`down,mid`, `all`, `none`, `auto` (resolved from a LayerProfile by the caller).
+`down,mid`, `self:8-14+cross:1` (union), `all`, `none`, `auto` (resolved from a LayerProfile by
+the caller).
 
 Example:
     >>> table = measure_layer_table(load_model("testbed"))
@@ -56,8 +57,8 @@ class LayerTable:
 
     def select(self, spec: str) -> list[ModuleInfo]:
         """Modules matched by a layer spec (not `auto`: resolve that from a profile first)."""
-        kinds, layers = parse_layer_spec(spec, self)
-        return [m for m in self.modules if m.kind in kinds and m.layer in layers]
+        chosen = parse_layer_spec(spec, self)
+        return [m for m in self.modules if (m.kind, m.layer) in chosen]
 
     def to_json(self) -> dict:
         return {"model": self.model, "n_layers": self.n_layers, "counts": self.counts(),
@@ -112,40 +113,47 @@ def measure_layer_table(model) -> LayerTable:
     return LayerTable(model.name, tuple(modules))
 
 
-_SPEC_HELP = "e.g. 8-14, self:8-14, cross:*, up, down,mid, all, none, auto"
+_SPEC_HELP = "e.g. 8-14, self:8-14, cross:*, up, down,mid, self:8-14+cross:1, all, none, auto"
 
 
-def parse_layer_spec(spec: str, table: LayerTable) -> tuple[set[str], set[int]]:
-    """`spec` -> (kinds, layer numbers). Raises MelodiaError naming the valid range."""
+def parse_layer_spec(spec: str, table: LayerTable) -> set[tuple[str, int]]:
+    """`spec` -> the (kind, layer number) pairs it selects; `a+b` is the union of two specs.
+
+    Raises MelodiaError naming the valid range.
+    """
     text = spec.strip().lower()
-    n = table.n_layers
     if text == "auto":
         raise MelodiaError("layer spec 'auto' needs a layer profile (--profile profile.json)")
     if text == "none":
-        return set(), set()
+        return set()
+    return set().union(*(_parse_one(part.strip(), spec, table) for part in text.split("+")))
+
+
+def _parse_one(text: str, spec: str, table: LayerTable) -> set[tuple[str, int]]:
+    n = table.n_layers
     kinds, _, ranges = text.rpartition(":") if ":" in text else ("*", "", text)
     if kinds not in ("*", *KINDS):
         raise MelodiaError(f"bad layer spec {spec!r}: kind must be self, cross or * ({_SPEC_HELP})")
-    chosen_kinds = set(KINDS) if kinds == "*" else {kinds}
-    if ranges in ("*", "all"):
-        return chosen_kinds, set(range(1, n + 1))
+    chosen_kinds = KINDS if kinds == "*" else (kinds,)
     layers: set[int] = set()
     for item in ranges.split(","):
         item = item.strip()
-        if item in BLOCKS:
+        if item in ("*", "all"):
+            layers |= set(range(1, n + 1))
+        elif item in BLOCKS:
             block = {m.layer for m in table.modules if m.position.startswith(item)}
             if not block:
                 raise MelodiaError(f"bad layer spec {spec!r}: {table.model} has no '{item}' block")
             layers |= block
-            continue
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
-        if not match:
-            raise MelodiaError(f"bad layer spec {spec!r}: cannot read {item!r} ({_SPEC_HELP})")
-        low, high = int(match[1]), int(match[2] or match[1])
-        if not 1 <= low <= high <= n:
-            raise MelodiaError(f"bad layer spec {spec!r}: {table.model} has layers 1-{n} ({_SPEC_HELP})")
-        layers |= set(range(low, high + 1))
-    return chosen_kinds, layers
+        else:
+            match = re.fullmatch(r"(\d+)(?:-(\d+))?", item)
+            if not match:
+                raise MelodiaError(f"bad layer spec {spec!r}: cannot read {item!r} ({_SPEC_HELP})")
+            low, high = int(match[1]), int(match[2] or match[1])
+            if not 1 <= low <= high <= n:
+                raise MelodiaError(f"bad layer spec {spec!r}: {table.model} has layers 1-{n} ({_SPEC_HELP})")
+            layers |= set(range(low, high + 1))
+    return {(kind, layer) for kind in chosen_kinds for layer in layers}
 
 
 def save_layer_table(table: LayerTable, path) -> None:

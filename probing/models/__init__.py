@@ -13,10 +13,14 @@ from pathlib import Path
 import torch
 
 from probing.errors import MelodiaError
+from probing.models.audioldm2 import AudioLDM2Model
 from probing.models.base import Conditioning, DiffusionModel
+from probing.models.stable_audio import StableAudioModel
 from probing.models.testbed import TestbedModel
+from probing.models.unet import UNetModel
 
-FAMILIES: dict[str, type[DiffusionModel]] = {"testbed": TestbedModel}
+FAMILIES: dict[str, type[DiffusionModel]] = {"testbed": TestbedModel, "audioldm2": AudioLDM2Model,
+                                             "stable-audio": StableAudioModel, "unet": UNetModel}
 DEFAULT_MODEL = "testbed"
 
 

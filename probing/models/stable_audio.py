@@ -1,0 +1,138 @@
+"""Adapter for Stable Audio Open (`StableAudioPipeline`, e.g. `stabilityai/stable-audio-open-1.0`).
+
+A layer is one DiT block (`transformer_blocks.N`): `attn1` self-attention with partial RoPE applied after
+to_q/to_k, `attn2` cross-attention with grouped KV heads (24 query / 12 KV heads in the real model).
+Tokens: the DiT prepends ONE global token (timestep + start/end-seconds embedding) to the latent sequence,
+so attn1 sees 1 + latent length tokens (row 0 of a self map is that global token; the rest is time, at
+hop 2048 / 44.1 kHz per token); attn2 attends to the T5 tokens (padded to the tokenizer's max length)
+plus 2 timing tokens (seconds_start, seconds_end). The latent always spans the model's full window
+(1024 latents = 47.55 s for the real model); `clip_seconds` is the audible part (audio_end_in_s).
+
+Example:
+    >>> model = load_model("tiny-stable-audio")
+    >>> wave = model.generate("a sad waltz on violin", steps=3, guidance=3.0, seed=0)
+    >>> wave.shape, model.encode_audio(wave).shape
+    ((65536,), torch.Size([1, 8, 32]))
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed
+
+from probing.models.base import Conditioning, DiffusionModel
+
+GLOBAL_TOKENS = 1  # the DiT's prepended global (timestep + duration) token
+TIMING_TOKENS = 2  # seconds_start and seconds_end, appended to the T5 tokens for cross-attention
+
+
+class StableAudioModel(DiffusionModel):
+    """Stable Audio Open: one layer per DiT block; mono in/out (stereo VAE: mono duplicated, output averaged)."""
+
+    family = "stable-audio"
+    pipeline_classes = ("StableAudioPipeline",)
+
+    def __init__(self, pipeline: DiffusionPipeline, name: str, clip_seconds: float | None = None):
+        super().__init__(pipeline, name)
+        self.clip_seconds = float(clip_seconds if clip_seconds is not None else self.window_seconds)
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.pipeline.vae.config.sampling_rate)
+
+    @property
+    def window_samples(self) -> int:
+        """Audio samples under the full latent window (what the VAE encodes and decodes)."""
+        return int(self.denoiser.config.sample_size) * int(self.pipeline.vae.hop_length)
+
+    @property
+    def window_seconds(self) -> float:
+        return self.window_samples / self.sample_rate
+
+    @property
+    def clip_samples(self) -> int:
+        return int(self.clip_seconds * self.sample_rate)  # as the pipeline's waveform_end
+
+    def position_of(self, path: str) -> str:
+        """`transformer_blocks.3.attn2` -> `transformer_blocks.3`: one layer per DiT block."""
+        parts = path.split(".")
+        return ".".join(parts[: parts.index("transformer_blocks") + 2])
+
+    def heads_qk(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
+                 call_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Base head split (grouped KV heads repeated) + the partial RoPE of `StableAudioAttnProcessor2_0`:
+        the first rot_dim channels of each head rotated in float32; keys only in self-attention."""
+        query, key = super().heads_qk(module, query, key, call_kwargs)
+        rotary = call_kwargs.get("rotary_emb")
+        if rotary is None:
+            return query, key
+
+        def rotate(x: torch.Tensor) -> torch.Tensor:
+            rot_dim = rotary[0].shape[-1]
+            rotated = apply_rotary_emb(x.float()[..., :rot_dim], rotary, use_real=True, use_real_unbind_dim=-2)
+            return torch.cat((rotated, x.float()[..., rot_dim:]), dim=-1).to(x.dtype)
+
+        return rotate(query), (key if module.is_cross_attention else rotate(key))
+
+    def _rotary(self, n_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The pipeline's rotary embedding (its `rotary_embed_dim` = attention_head_dim // 2)."""
+        return get_1d_rotary_pos_embed(self.denoiser.config.attention_head_dim // 2, n_tokens, use_real=True,
+                                       repeat_interleave_real=False)
+
+    def encode_prompt(self, prompts: list[str], guidance: float, negative: list[str] | None = None) -> Conditioning:
+        """The denoiser kwargs exactly as `StableAudioPipeline.__call__` builds them (steps 3 and 7)."""
+        pipe, guided, prompts = self.pipeline, guidance > 1.0, list(prompts)
+        with torch.no_grad():
+            text = pipe.encode_prompt(prompts, self.device, guided, negative)
+            start, end = pipe.encode_duration(0.0, self.clip_seconds, self.device, guided and negative is not None,
+                                              len(prompts))
+        text_audio_duration = torch.cat([text, start, end], dim=1)
+        audio_duration = torch.cat([start, end], dim=2)
+        if guided and negative is None:  # the unconditional half is all zeros
+            text_audio_duration = torch.cat([torch.zeros_like(text_audio_duration), text_audio_duration])
+            audio_duration = torch.cat([audio_duration, audio_duration])
+        rotary = self._rotary(self.denoiser.config.sample_size + audio_duration.shape[1])
+        return Conditioning({"encoder_hidden_states": text_audio_duration, "global_hidden_states": audio_duration,
+                             "rotary_embedding": rotary}, guided=guided, prompts=prompts)
+
+    def denoise_call(self, latents: torch.Tensor, t: torch.Tensor | float, cond: Conditioning) -> torch.Tensor:
+        timestep = torch.as_tensor(t, device=latents.device).reshape(1)  # the pipeline passes t.unsqueeze(0)
+        return self.denoiser(latents, timestep, **cond.kwargs, return_dict=False)[0]
+
+    def generate(self, prompt: str, steps: int, guidance: float, seed: int, decode: bool = True) -> np.ndarray:
+        generator = torch.Generator().manual_seed(seed)
+        out = self.pipeline(prompt, audio_end_in_s=self.clip_seconds, num_inference_steps=steps,
+                            guidance_scale=guidance, generator=generator,
+                            output_type="np" if decode else "latent").audios[0]
+        return out.mean(axis=0).astype(np.float32) if decode else out.cpu().numpy()
+
+    def encode_audio(self, wave: np.ndarray) -> torch.Tensor:
+        """Mono at 44.1 kHz -> both VAE channels, zero-padded (or cut) to the window, as the pipeline's
+        `prepare_latents` does -> the posterior mode (the pipeline samples; the mode is deterministic)."""
+        vae = self.pipeline.vae
+        wave = torch.as_tensor(np.asarray(wave, dtype=np.float32)).flatten()[: self.window_samples]
+        audio = torch.zeros(1, vae.config.audio_channels, self.window_samples)
+        audio[:, :, : wave.shape[0]] = wave
+        with torch.no_grad():
+            return vae.encode(audio.to(self.device, vae.dtype)).latent_dist.mode()
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        """Latents -> the VAE's stereo audio cut to `clip_seconds` -> channel mean."""
+        vae = self.pipeline.vae
+        with torch.no_grad():
+            audio = vae.decode(latents.to(vae.dtype)).sample[:, :, : self.clip_samples]
+        return audio[0].float().mean(dim=0).cpu().numpy()
+
+    def dummy_denoiser_inputs(self, batch: int = 1) -> dict[str, Any]:
+        config, device, dtype = self.denoiser.config, self.device, self.dtype
+        text_tokens = getattr(getattr(self.pipeline, "tokenizer", None), "model_max_length", 128)
+        return {"hidden_states": torch.randn(batch, config.in_channels, config.sample_size, device=device, dtype=dtype),
+                "timestep": torch.tensor([0.5], device=device),
+                "encoder_hidden_states": torch.randn(batch, text_tokens + TIMING_TOKENS,
+                                                     config.cross_attention_input_dim, device=device, dtype=dtype),
+                "global_hidden_states": torch.randn(batch, GLOBAL_TOKENS, config.global_states_input_dim,
+                                                    device=device, dtype=dtype),
+                "rotary_embedding": self._rotary(config.sample_size + GLOBAL_TOKENS)}

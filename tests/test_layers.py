@@ -1,0 +1,55 @@
+"""Layer tables are measured, numbered in forward order, and selected with one spec language."""
+from __future__ import annotations
+
+import pytest
+
+from probing.errors import MelodiaError
+from probing.layers import LayerTable, measure_layer_table
+
+
+@pytest.fixture(scope="module")
+def table(untrained_testbed) -> LayerTable:
+    return measure_layer_table(untrained_testbed)
+
+
+def test_the_testbed_has_audioldm2s_sixteen_positions(table):
+    assert table.n_layers == 16 and len(table.modules) == 32
+    assert table.counts() == {"self": 16, "cross": 16}
+    blocks = [m.position.split(".")[0] for m in table.modules if m.kind == "self"]
+    assert blocks == ["down_blocks"] * 6 + ["mid_block"] + ["up_blocks"] * 9  # forward order, not name order
+    tokens = [m.query_tokens for m in table.modules if m.kind == "self"]
+    assert tokens == [256, 256, 64, 64, 16, 16, 16, 16, 16, 16, 64, 64, 64, 256, 256, 256]
+
+
+def test_kinds_come_from_what_the_module_attended_to(table):
+    for m in table.modules:
+        assert m.kind == ("cross" if m.path.endswith("attn2") else "self")  # true for this UNet only
+        assert m.key_tokens == (m.query_tokens if m.kind == "self" else 16)
+
+
+@pytest.mark.parametrize("spec, expected", [
+    ("8-14", {(k, n) for n in range(8, 15) for k in ("self", "cross")}),
+    ("self:8-14", {("self", n) for n in range(8, 15)}),
+    ("cross:*", {("cross", n) for n in range(1, 17)}),
+    ("up", {(k, n) for n in range(8, 17) for k in ("self", "cross")}),
+    ("self:down,mid", {("self", n) for n in range(1, 8)}),
+    ("self:1,3,5-6", {("self", n) for n in (1, 3, 5, 6)}),
+    ("self:8+cross:1-2", {("self", 8), ("cross", 1), ("cross", 2)}),
+    ("none", set()),
+    ("all", {(k, n) for n in range(1, 17) for k in ("self", "cross")}),
+])
+def test_layer_specs_select_what_they_say(table, spec, expected):
+    assert {(m.kind, m.layer) for m in table.select(spec)} == expected
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("self:20", "layers 1-16"), ("0-3", "layers 1-16"), ("9-8", "layers 1-16"), ("value:1", "kind must be"),
+    ("eight", "cannot read"), ("auto", "needs a layer profile")])
+def test_bad_specs_name_the_valid_range(table, spec, message):
+    with pytest.raises(MelodiaError, match=message):
+        table.select(spec)
+
+
+def test_the_table_round_trips_through_json(table):
+    assert LayerTable.from_json(table.to_json()) == table
+    assert "16 layers, 32 attention modules (16 self, 16 cross)" in table.format()
