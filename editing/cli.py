@@ -6,6 +6,7 @@ work, and has --help with an example. Run `melodia COMMAND --help`.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from editing.commands import capture, generate, layers, synth
@@ -34,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     except USER_ERRORS as error:
         print(f"melodia {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # output piped into `head` and closed early: not an error
+        sys.stdout = open(os.devnull, "w")
     except KeyboardInterrupt:
         print(f"melodia {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -77,7 +77,7 @@ class LayerTable:
             rows.append(f"{m.layer:>5}  {m.kind:5}  {m.alias:22} {m.heads:>5} {m.query_tokens:>6} "
                         f"{m.key_tokens:>5}  {grid:9} {m.path}")
         counts = self.counts()
-        rows.append(f"{self.n_layers} layers, {len(self.modules)} attention modules "
+        rows.append(f"{len({m.layer for m in self.modules})} layers, {len(self.modules)} attention modules "
                     f"({counts['self']} self, {counts['cross']} cross)")
         return "\n".join(rows)
 

@@ -13,6 +13,7 @@ examples:
   melodia layers testbed
   melodia layers tiny-audioldm2 --json
   melodia layers testbed --select self:8-14
+  melodia layers --reference --select self:8-14    # the real cvssp/audioldm2-music UNet, no download
 """
 
 
@@ -20,6 +21,9 @@ def add_parser(sub) -> None:
     parser = sub.add_parser("layers", help="print the layer table", **formatter(HELP))
     parser.add_argument("model", nargs="?", default="testbed", help="model name, folder or hub id")
     parser.add_argument("--select", metavar="SPEC", help="only the modules a layer spec selects")
+    parser.add_argument("--reference", action="store_true",
+                        help="the real cvssp/audioldm2-music UNet built from its pinned config on the meta "
+                             "device (no weights, no network): the paper's layers 1-16")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(run=run)
@@ -29,7 +33,12 @@ def run(args) -> None:
     from probing.layers import LayerTable, measure_layer_table
     from probing.models import load_model
 
-    table = measure_layer_table(load_model(args.model, device=args.device))
+    if args.reference:
+        from probing.models.audioldm2 import reference_layer_table
+
+        table = reference_layer_table()
+    else:
+        table = measure_layer_table(load_model(args.model, device=args.device))
     if args.select:
         table = LayerTable(table.model, tuple(table.select(args.select)))
     if args.json:

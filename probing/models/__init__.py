@@ -32,6 +32,15 @@ def _adapter_for(class_name: str, name: str) -> type[DiffusionModel]:
     raise MelodiaError(f"{name}: pipeline class {class_name} is not supported (supported: {', '.join(supported)})")
 
 
+def _quiet_loading() -> None:
+    """No per-component loading bars from diffusers/transformers: melodia shows its own progress."""
+    import diffusers
+    import transformers
+
+    diffusers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.disable_progress_bar()
+
+
 def _load_pipeline(source: str | Path, name: str, dtype: torch.dtype):
     from diffusers import DiffusionPipeline
 
@@ -44,9 +53,9 @@ def _load_pipeline(source: str | Path, name: str, dtype: torch.dtype):
             raise MelodiaError(f"{folder} is not a diffusers pipeline folder (no model_index.json)")
         class_name = json.loads(index.read_text())["_class_name"]
         pipeline_class = TestbedPipeline if class_name == "TestbedPipeline" else DiffusionPipeline
-        return pipeline_class.from_pretrained(folder, torch_dtype=dtype, use_safetensors=True)
+        return pipeline_class.from_pretrained(folder, dtype=dtype, use_safetensors=True)
     try:
-        return DiffusionPipeline.from_pretrained(str(source), torch_dtype=dtype, use_safetensors=True)
+        return DiffusionPipeline.from_pretrained(str(source), dtype=dtype, use_safetensors=True)
     except (OSError, ValueError) as error:
         raise MelodiaError(
             f"cannot load model '{name}' ({type(error).__name__}): it is not in the local Hugging Face cache and "
@@ -74,6 +83,7 @@ def _source_for(name: str) -> Path | str:
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu",
                dtype: torch.dtype = torch.float32) -> DiffusionModel:
     """Open a model by name (testbed, tiny-*), local pipeline folder or Hugging Face id."""
+    _quiet_loading()
     pipeline = _load_pipeline(_source_for(str(name_or_path)), str(name_or_path), dtype)
     pipeline.set_progress_bar_config(disable=True)
     adapter = _adapter_for(type(pipeline).__name__, str(name_or_path))

@@ -139,6 +139,28 @@ class AudioLDM2Model(DiffusionModel):
                 "encoder_attention_mask_1": torch.ones(batch, t5_tokens, dtype=torch.long, device=device)}
 
 
+def reference_model(device: str = "meta") -> AudioLDM2Model:
+    """The real `cvssp/audioldm2-music` UNet from its pinned config, without weights or hub.
+
+    On "meta" it has no storage at all (layer measurement); on "cpu" it holds random weights
+    (full-size speed benchmarks). Only the parts melodia's denoiser-level code reads are present.
+
+    Example:
+        >>> model = reference_model()
+        >>> sum(p.numel() for p in model.denoiser.parameters())
+        346943496
+    """
+    from diffusers import AudioLDM2UNet2DConditionModel, DDIMScheduler
+
+    from probing.models.tiny import load_reference_config
+
+    with torch.device(device):
+        unet = AudioLDM2UNet2DConditionModel.from_config(load_reference_config("audioldm2_music_unet"))
+    # The real VAE has 3 levels (factor 4).
+    pipeline = SimpleNamespace(unet=unet.eval(), scheduler=DDIMScheduler(), vae_scale_factor=4)
+    return AudioLDM2Model(pipeline, "cvssp/audioldm2-music")
+
+
 def reference_layer_table():
     """The layer table of the real `cvssp/audioldm2-music` UNet (pinned config, meta device: no weights, no hub).
 
@@ -147,13 +169,6 @@ def reference_layer_table():
         >>> table.n_layers, table.counts()
         (16, {'self': 64, 'cross': 32})
     """
-    from diffusers import AudioLDM2UNet2DConditionModel, DDIMScheduler
-
     from probing.layers import measure_layer_table
-    from probing.models.tiny import load_reference_config
 
-    with torch.device("meta"):
-        unet = AudioLDM2UNet2DConditionModel.from_config(load_reference_config("audioldm2_music_unet"))
-    # Only the parts layer measurement reads; the real VAE has 3 levels (factor 4).
-    pipeline = SimpleNamespace(unet=unet, scheduler=DDIMScheduler(), vae_scale_factor=4)
-    return measure_layer_table(AudioLDM2Model(pipeline, "cvssp/audioldm2-music"))
+    return measure_layer_table(reference_model("meta"))

@@ -1,0 +1,102 @@
+"""The CLI on bad input: one clear line on stderr, exit code 2, nothing written."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+
+from editing.cli import main
+from probing.store import CaptureStore
+
+
+def run(capsys, *args) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture()
+def prompts_file(tmp_path) -> Path:
+    path = tmp_path / "prompts.txt"
+    path.write_text("a sad waltz on violin\na happy march on piano\n")
+    return path
+
+
+def assert_one_line_error(code, err, *needles):
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("melodia "), err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_missing_prompts_file(capsys, tmp_path, untrained_testbed_dir):
+    store = tmp_path / "s.zarr"
+    code, _, err = run(capsys, "capture", "--model", untrained_testbed_dir, "--prompts", str(tmp_path / "no.txt"),
+                       "--store", str(store))
+    assert_one_line_error(code, err, "does not exist")
+    assert not store.exists()
+
+
+def test_empty_prompt_list(capsys, tmp_path, untrained_testbed_dir):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("# only a comment\n\n")
+    code, _, err = run(capsys, "capture", "--model", untrained_testbed_dir, "--prompts", str(empty),
+                       "--store", str(tmp_path / "s.zarr"))
+    assert_one_line_error(code, err, "holds no prompts")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_bad_layer_spec(capsys, tmp_path, prompts_file, untrained_testbed_dir):
+    code, _, err = run(capsys, "capture", "--model", untrained_testbed_dir, "--prompts", str(prompts_file),
+                       "--store", str(tmp_path / "s.zarr"), "--layers", "self:17")
+    assert_one_line_error(code, err, "layers 1-16")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_unknown_model(capsys, tmp_path, prompts_file):
+    code, _, err = run(capsys, "capture", "--model", "nobody/no-such-model", "--prompts", str(prompts_file),
+                       "--store", str(tmp_path / "s.zarr"))
+    assert_one_line_error(code, err, "nobody/no-such-model", "--model DIR")
+    assert not (tmp_path / "s.zarr").exists()
+
+
+def test_a_store_of_another_model_is_left_untouched(capsys, tmp_path, prompts_file, untrained_testbed_dir):
+    store = str(tmp_path / "s.zarr")
+    assert run(capsys, "capture", "--model", untrained_testbed_dir, "--prompts", str(prompts_file), "--store", store,
+               "--layers", "cross:1", "--steps", "2")[0] == 0
+    before = {p: p.read_bytes() for p in Path(store).rglob("*") if p.is_file()}
+    other = tmp_path / "other-model"
+    shutil.copytree(untrained_testbed_dir, other)
+    code, _, err = run(capsys, "capture", "--model", str(other), "--prompts", str(prompts_file), "--store", store,
+                       "--layers", "cross:1", "--steps", "2")
+    assert_one_line_error(code, err, "another path", "--overwrite")
+    assert before == {p: p.read_bytes() for p in Path(store).rglob("*") if p.is_file()}
+    assert CaptureStore.open(store).done_mask().all()
+
+
+def test_bad_reduction_and_timesteps(capsys, tmp_path, prompts_file, untrained_testbed_dir):
+    for option, value, needle in [("--reduce", "heads=some", "heads must be"), ("--reduce", "grid=big", "TIMExFREQ"),
+                                  ("--timesteps", "0,99", "outside 0-9")]:
+        code, _, err = run(capsys, "capture", "--model", untrained_testbed_dir, "--prompts", str(prompts_file),
+                           "--store", str(tmp_path / "s.zarr"), option, value)
+        assert_one_line_error(code, err, needle)
+        assert not (tmp_path / "s.zarr").exists()
+
+
+def test_synth_writes_the_same_melody_for_two_instruments(capsys, tmp_path):
+    assert run(capsys, "synth", "--instrument", "piano", "--seed", "3", "-o", str(tmp_path / "p.wav"))[0] == 0
+    assert run(capsys, "synth", "--instrument", "violin", "--seed", "3", "-o", str(tmp_path / "v.wav"))[0] == 0
+    piano, rate = sf.read(tmp_path / "p.wav")
+    violin, _ = sf.read(tmp_path / "v.wav")
+    assert rate == 16000 and piano.shape == violin.shape and abs(piano - violin).max() > 0.05
+    code, _, err = run(capsys, "synth", "--instrument", "kazoo", "-o", str(tmp_path / "k.wav"))
+    assert_one_line_error(code, err, "kazoo", "piano")
+    assert not (tmp_path / "k.wav").exists()
+
+
+def test_layers_prints_the_reference_audioldm2_table(capsys):
+    code, out, _ = run(capsys, "layers", "--reference")
+    assert code == 0 and out.strip().endswith("16 layers, 96 attention modules (64 self, 32 cross)")
