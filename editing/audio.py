@@ -1,6 +1,6 @@
 """Audio in and out: load any readable file as validated mono at the model rate; write wav atomically.
 
-Example:
+Examples:
     >>> wave = load_audio("piano.wav", sample_rate=16000)        # mono float32, validated
     >>> write_wav("out/violin.wav", wave, 16000)                  # temp file + rename: never half-written
 """

@@ -3,7 +3,7 @@
 Each rank (torchrun / accelerate: RANK, WORLD_SIZE) writes prompts[rank::world]; a killed run
 resumes from the store's `done` mask; rank 0 consolidates the metadata once all prompts are in.
 
-Example:
+Examples:
     >>> model = load_model("testbed")
     >>> store = capture(model, load_prompts("testbed-small.yaml"), "maps.zarr", layers="*", steps=10)
     >>> store.done_mask().all()

@@ -7,7 +7,7 @@ extra kwargs such as rotary embeddings); a post-hook hands the finished call to 
 denoiser's own pre-hook gives the timestep. Everything is removed in `finally`, also after an
 exception, and only what was added is removed, so contexts nest.
 
-Example:
+Examples:
     >>> calls = []
     >>> with AttentionHooks(model, ["mid_block.attentions.0.transformer_blocks.0.attn1"], on_call=calls.append):
     ...     model.generate("a calm waltz", steps=2, guidance=3.0, seed=0)

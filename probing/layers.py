@@ -6,7 +6,7 @@ forward execution order. Layer specs select modules: `8-14`, `self:8-14`, `cross
 `down,mid`, `self:8-14+cross:1` (union), `all`, `none`, `auto` (resolved from a LayerProfile by
 the caller).
 
-Example:
+Examples:
     >>> table = measure_layer_table(load_model("testbed"))
     >>> [m.alias for m in table.select("self:8")]
     ['up0.a0.t0.attn1']

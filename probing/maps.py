@@ -6,7 +6,7 @@ Shapes: self maps reduce to (batch, heads', Q', Q'), cross maps to (batch, heads
 where Q' is the query grid (time x freq) average-pooled to at most `Reduction.grid` and a
 self map's key grid is sum-pooled the same way (each row still sums to 1).
 
-Example:
+Examples:
     >>> reduction = Reduction(heads="mean", grid=(16, 4))
     >>> reduced = reduce_call(model, call, reduction)      # call: a probing.hooks.AttentionCall
     >>> reduced.shape                                       # (batch, 1, Q', K')

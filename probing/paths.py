@@ -1,6 +1,6 @@
 """Where melodia's shipped data lives, in a source checkout and in an installed wheel.
 
-Example:
+Examples:
     >>> from probing.paths import datasets_dir
     >>> (datasets_dir() / "probing").is_dir()
     True

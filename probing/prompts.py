@@ -5,7 +5,7 @@ can split by template), and optionally `sample: N` balanced random combinations 
 full product. `attributes_from: synth` / `templates_from: synth` reuse the synthetic dataset's
 lists. A plain text file is one prompt per line (no labels).
 
-Example:
+Examples:
     >>> prompts = load_prompts(datasets_dir() / "probing" / "testbed.yaml")
     >>> prompts.prompts[0], prompts.labels["instrument"][0], prompts.template_ids[0]
 """

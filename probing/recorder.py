@@ -1,6 +1,6 @@
 """AttentionRecorder: one context manager that records reduced attention maps while a model runs.
 
-Example:
+Examples:
     >>> with AttentionRecorder(model, layers="cross:*") as recorder:
     ...     model.generate("a sad waltz on violin", steps=10, guidance=3.0, seed=0)
     >>> timesteps, maps = recorder.stacked("up_blocks.0.attentions.0.transformer_blocks.0.attn2")

@@ -6,7 +6,7 @@ fp16, blosc-zstd with shuffle, ``dimension_names`` set; beside them ``prompts``,
 Rank ``r`` of ``w`` writes ``prompts[r::w]``, whole shards only, and sets ``done[i]`` after the
 maps of prompt ``i``; a killed run resumes from ``done``. Plain xarray reads it lazily.
 
-Example:
+Examples:
     >>> store = CaptureStore.create("memory://doc.zarr", prompts=["a", "b"], identity={"model": "m"},
     ...     specs=[ArraySpec("blk.attn1/self", (2, 4, 4), ("step", "query", "key"))])
     >>> store.pending()
@@ -54,7 +54,7 @@ def _jsonable(value):
 class ArraySpec:
     """One captured map: its name, per-prompt shape and dimension names, dtype, attrs.
 
-    Example:
+    Examples:
         >>> spec = ArraySpec("down.attn1/self", (10, 64, 64), ("step", "query", "key"))
         >>> spec.array_name, spec.inner_chunks
         ('down.attn1--self', (1, 64, 64))
@@ -160,15 +160,19 @@ def _plan(prompts: list[str], specs: list[ArraySpec], identity: dict, labels: di
 
 def _raise_if_different(url: str, old: dict, new: dict) -> None:
     """StoreMismatchError saying what differs (identity, prompts, arrays) between two runs."""
-    diffs = [f"identity[{k!r}]: stored {old['identity'].get(k)!r} != given {new['identity'].get(k)!r}"
+    def short(value) -> str:
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
+
+    diffs = [f"identity[{k!r}]: stored {short(old['identity'].get(k))} != given {short(new['identity'].get(k))}"
              for k in sorted(set(old["identity"]) | set(new["identity"]))
              if old["identity"].get(k) != new["identity"].get(k)]
     if old["prompts_sha256"] != new["prompts_sha256"]:
         diffs.append(f"prompt list ({old['n_prompts']} prompts stored, {new['n_prompts']} given, text differs)")
     old_specs, new_specs = ({s["name"]: s for s in m["layers"]} for m in (old, new))
-    for name in sorted(set(old_specs) | set(new_specs)):
-        if old_specs.get(name) != new_specs.get(name):
-            diffs.append(f"array {name!r}: stored {old_specs.get(name)} != given {new_specs.get(name)}")
+    changed = [name for name in sorted(set(old_specs) | set(new_specs)) if old_specs.get(name) != new_specs.get(name)]
+    if changed:
+        diffs.append(f"{len(changed)} arrays differ (first: {changed[0]!r})")
     if diffs:
         raise StoreMismatchError(f"{url} holds another capture run ({'; '.join(diffs)}): "
                                  "choose another path or pass overwrite=True (--overwrite)")
@@ -177,7 +181,7 @@ def _raise_if_different(url: str, old: dict, new: dict) -> None:
 class CaptureStore:
     """A capture run on disk (or any fsspec URL). Build with `create`, `open` or `open_for_rank`.
 
-    Example:
+    Examples:
         >>> store = open_capture("memory://doc.zarr")
         >>> store.read("blk.attn1/self").shape
         (2, 2, 4, 4)
@@ -210,7 +214,7 @@ class CaptureStore:
         run -> StoreMismatchError; anything else at `url` -> NotACaptureStoreError. Nothing is
         written in those cases. `overwrite=True` replaces whatever is there. One process only.
 
-        Example:
+        Examples:
             >>> s = CaptureStore.create("memory://c.zarr", prompts=["p"], identity={"model": "m"},
             ...     specs=[ArraySpec("a/self", (1, 2, 2), ("step", "query", "key"))], overwrite=True)
             >>> s.done_mask().tolist()
@@ -245,7 +249,7 @@ class CaptureStore:
     def open(cls, url: str, mode: str = "r") -> CaptureStore:
         """Open an existing, fully created store; mode "r" (read) or "r+" (write prompts).
 
-        Example:
+        Examples:
             >>> s = CaptureStore.open("memory://doc.zarr")
             >>> len(s.prompts)
             2
@@ -269,7 +273,7 @@ class CaptureStore:
         the others wait (up to `timeout` s) for a fully created store of the same run, then open it.
         Not safe with ``overwrite=True`` on a path holding an old run unless ranks barrier after it.
 
-        Example:
+        Examples:
             >>> s = CaptureStore.open_for_rank("memory://doc.zarr", rank=1, world=2, prompts=["a", "b"],
             ...     identity={"model": "m"},
             ...     specs=[ArraySpec("blk.attn1/self", (2, 4, 4), ("step", "query", "key"))])
@@ -311,7 +315,7 @@ class CaptureStore:
     def pending(self, rank: int = 0, world: int = 1) -> list[int]:
         """Prompt indices this rank still has to write: ``i % world == rank`` and not done.
 
-        Example:
+        Examples:
             >>> s = open_capture("memory://doc.zarr")
             >>> s.pending(rank=0, world=2)
             [0]
@@ -325,7 +329,7 @@ class CaptureStore:
         `maps` must hold exactly the spec names with their exact per-prompt shapes (ValueError,
         nothing written, otherwise). Values are cast to the spec dtype.
 
-        Example:
+        Examples:
             >>> s = CaptureStore.open("memory://doc.zarr", mode="r+")
             >>> s.write_prompt(0, {"blk.attn1/self": np.zeros((2, 4, 4))})
         """
@@ -348,7 +352,7 @@ class CaptureStore:
     def read(self, name: str, prompts: slice | list[int] | None = None) -> np.ndarray:
         """Maps `name` of the chosen prompts (all by default), shaped ``(n_prompts, *spec.shape)``.
 
-        Example:
+        Examples:
             >>> s = open_capture("memory://doc.zarr")
             >>> s.read("blk.attn1/self", [0]).shape
             (1, 2, 4, 4)
@@ -363,7 +367,7 @@ class CaptureStore:
     def consolidate(self) -> None:
         """Write consolidated metadata (once, by one process, after all ranks have finished).
 
-        Example:
+        Examples:
             >>> CaptureStore.open("memory://doc.zarr", mode="r+").consolidate()
             >>> import xarray as xr; "blk.attn1--self" in xr.open_zarr("memory://doc.zarr", consolidated=True)
             True
@@ -376,7 +380,7 @@ class CaptureStore:
     def to_xarray(self):
         """Lazy `xarray.Dataset` (needs xarray): maps as variables; prompts, labels, ids, done as coords.
 
-        Example:
+        Examples:
             >>> ds = open_capture("memory://doc.zarr").to_xarray()
             >>> ds["blk.attn1--self"].dims
             ('prompt', 'step', 'query', 'key')
@@ -393,7 +397,7 @@ class CaptureStore:
 def open_capture(url: str) -> CaptureStore:
     """Open a capture store read-only.
 
-    Example:
+    Examples:
         >>> store = open_capture("memory://doc.zarr")
         >>> store.identity["model"]
         'm'

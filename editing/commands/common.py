@@ -1,6 +1,6 @@
 """Argument helpers shared by the subcommands.
 
-Example:
+Examples:
     >>> parser = argparse.ArgumentParser(); add_model_argument(parser)
     >>> parser.parse_args([]).model
     'testbed'

@@ -27,7 +27,8 @@ def run(args) -> None:
     from probing.models import load_model
 
     model = load_model(args.model, device=args.device)
+    sample_rate = model.sample_rate  # an image pipeline says so now, before generating
     model.pipeline.set_progress_bar_config(disable=False, desc="generating")
     wave = model.generate(args.prompt, args.steps, args.guidance, args.seed)
-    write_wav(args.output, wave, model.sample_rate)
-    print(f"wrote {args.output} ({len(wave) / model.sample_rate:.2f} s at {model.sample_rate} Hz)")
+    write_wav(args.output, wave, sample_rate)
+    print(f"wrote {args.output} ({len(wave) / sample_rate:.2f} s at {sample_rate} Hz)")

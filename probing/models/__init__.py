@@ -1,6 +1,6 @@
 """Model adapters and `load_model`, the one way melodia opens a diffusion model.
 
-Example:
+Examples:
     >>> model = load_model("tiny-audioldm2")          # offline, random weights
     >>> model.family
     'audioldm2'

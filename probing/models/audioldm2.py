@@ -4,7 +4,7 @@ Audio <-> latents follows the AudioLDM 2 recipe (the pipeline has no encoder hel
 log-magnitude mel (n_fft = win = 1024, hop 160, 64 slaney bands 0-8000 Hz, ln(clamp(1e-5))), shape
 (B, 1, T, 64) -> VAE mode x scaling_factor; decoding goes VAE -> mel -> the pipeline's HiFi-GAN vocoder.
 
-Example:
+Examples:
     >>> model = load_model("tiny-audioldm2"); model.clip_seconds = 1.28
     >>> wave = model.generate("a sad waltz on violin", steps=3, guidance=3.0, seed=0)
     >>> wave.shape, model.encode_audio(wave).shape
@@ -145,7 +145,7 @@ def reference_model(device: str = "meta") -> AudioLDM2Model:
     On "meta" it has no storage at all (layer measurement); on "cpu" it holds random weights
     (full-size speed benchmarks). Only the parts melodia's denoiser-level code reads are present.
 
-    Example:
+    Examples:
         >>> model = reference_model()
         >>> sum(p.numel() for p in model.denoiser.parameters())
         346943496
@@ -164,7 +164,7 @@ def reference_model(device: str = "meta") -> AudioLDM2Model:
 def reference_layer_table():
     """The layer table of the real `cvssp/audioldm2-music` UNet (pinned config, meta device: no weights, no hub).
 
-    Example:
+    Examples:
         >>> table = reference_layer_table()
         >>> table.n_layers, table.counts()
         (16, {'self': 64, 'cross': 32})

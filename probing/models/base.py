@@ -1,6 +1,6 @@
 """The adapter protocol: one small class per model family, everything else written once against it.
 
-Example:
+Examples:
     >>> model = load_model("testbed")               # probing.models.load_model
     >>> cond = model.encode_prompt(["a calm waltz on flute"], guidance=3.0)
     >>> eps = model.predict_noise(torch.randn(1, *model.latent_shape), 500, cond, guidance=3.0)
@@ -17,6 +17,8 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.models.attention import AttentionModuleMixin
 from diffusers.models.attention_processor import Attention
+
+from probing.errors import MelodiaError
 
 ATTENTION_CLASSES = (Attention, AttentionModuleMixin)
 
@@ -137,9 +139,9 @@ class DiffusionModel(ABC):
     # ---- safety ---------------------------------------------------------------------------
     def _check_hookable(self) -> None:
         if hasattr(self.denoiser, "_orig_mod"):
-            raise ValueError(f"{self.name}: the denoiser is torch.compile'd; melodia's per-module hooks would be "
+            raise MelodiaError(f"{self.name}: the denoiser is torch.compile'd; melodia's per-module hooks would be "
                              "bypassed. Load the model without torch.compile.")
         fused = [p for p, m in self.attention_modules().items() if getattr(m, "fused_projections", False)]
         if fused:
-            raise ValueError(f"{self.name}: fused QKV projections in {fused[0]} (and {len(fused) - 1} more) bypass "
+            raise MelodiaError(f"{self.name}: fused QKV projections in {fused[0]} (and {len(fused) - 1} more) bypass "
                              "melodia's hooks; call unfuse_qkv_projections() first.")

@@ -8,7 +8,7 @@ hop 2048 / 44.1 kHz per token); attn2 attends to the T5 tokens (padded to the to
 plus 2 timing tokens (seconds_start, seconds_end). The latent always spans the model's full window
 (1024 latents = 47.55 s for the real model); `clip_seconds` is the audible part (audio_end_in_s).
 
-Example:
+Examples:
     >>> model = load_model("tiny-stable-audio")
     >>> wave = model.generate("a sad waltz on violin", steps=3, guidance=3.0, seed=0)
     >>> wave.shape, model.encode_audio(wave).shape

@@ -5,7 +5,7 @@ shrunk but laid out like the real checkpoint (same block types, same attention p
 conditioning path), so layer discovery, capture, inversion and editing can be tested without a
 model hub. The tokenizers are built in memory from a fixed list of music words (no files).
 
-Example:
+Examples:
     >>> from probing.models.tiny import build_tiny
     >>> pipe = build_tiny("tiny-audioldm2")
     >>> pipe.set_progress_bar_config(disable=True)
@@ -287,7 +287,7 @@ def build_tiny(name: str, seed: int = 0) -> DiffusionPipeline:
         A `diffusers.DiffusionPipeline` (`AudioLDM2Pipeline`, `StableAudioPipeline` or
         `StableDiffusionPipeline`) on the CPU in float32.
 
-    Example:
+    Examples:
         >>> build_tiny("tiny-unet").__class__.__name__
         'StableDiffusionPipeline'
     """
@@ -344,7 +344,7 @@ def load_reference_config(name: str) -> dict:
         name: `"audioldm2_music_unet"` (`cvssp/audioldm2-music`, `AudioLDM2UNet2DConditionModel`) or
             `"stable_audio_open_transformer"` (`stabilityai/stable-audio-open-1.0`, `StableAudioDiTModel`).
 
-    Example:
+    Examples:
         >>> load_reference_config("audioldm2_music_unet")["block_out_channels"]
         [128, 256, 384, 640]
     """

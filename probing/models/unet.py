@@ -6,7 +6,7 @@ returns the image (H, W, 3) as float32 in [0, 1], and there is no audio codec: t
 step of such models is not part of the pipeline, so `encode_audio`/`decode` raise MelodiaError.
 Probing and capture (which need only the denoiser) work as for the audio families.
 
-Example:
+Examples:
     >>> model = load_model("tiny-unet")
     >>> image = model.generate("a sad waltz on violin", steps=3, guidance=3.0, seed=0)
     >>> image.shape, image.dtype

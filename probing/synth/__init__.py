@@ -1,6 +1,6 @@
 """Synthetic music with ground truth: one score, any instrument, style or mood; captions; a classifier.
 
-Example:
+Examples:
     >>> from probing.synth import render_clip, caption
     >>> render_clip("piano", "waltz", "happy", score_seed=0).shape
     (65536,)

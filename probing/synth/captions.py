@@ -1,6 +1,6 @@
 """Captions of the synthetic dataset: templates from `datasets/synth/templates.yaml`, filled in.
 
-Example:
+Examples:
     >>> caption("violin", "waltz", "sad", template_id=0)
     'a sad waltz played on the violin'
 """
@@ -19,7 +19,7 @@ _AN_BEFORE_CONSONANT = re.compile(r"\ban (?=[b-df-hj-np-tv-z])")
 def templates() -> dict[int, str]:
     """Template id -> text with `{instrument}`, `{style}` and `{mood}` slots.
 
-    Example:
+    Examples:
         >>> templates()[1]
         '{instrument}, {mood}, {style}'
     """
@@ -30,7 +30,7 @@ def caption(instrument: str, style: str, mood: str, template_id: int,
             alias_rng: np.random.Generator | None = None) -> str:
     """Fill template `template_id`; with `alias_rng`, each slot may take a paraphrase instead.
 
-    Example:
+    Examples:
         >>> caption("organ", "march", "energetic", 2)
         'march melody on the organ in an energetic mood'
     """

@@ -1,6 +1,6 @@
 """The synthetic dataset's class lists (instrument, style, mood), read from `datasets/synth/`.
 
-Example:
+Examples:
     >>> from probing.synth.classes import class_lists
     >>> [len(class_lists()[a]) for a in ("instrument", "style", "mood")]
     [16, 11, 8]
@@ -21,7 +21,7 @@ ATTRIBUTES = ("instrument", "style", "mood")
 def read_synth_yaml(file_name: str) -> Any:
     """Parse one YAML file of `datasets/synth/` (cached; treat the result as read-only).
 
-    Example:
+    Examples:
         >>> read_synth_yaml("classes.yaml")["mood"][0]["name"]
         'happy'
     """
@@ -32,7 +32,7 @@ def read_synth_yaml(file_name: str) -> Any:
 def class_lists() -> dict[str, list[str]]:
     """Class names per attribute, in YAML order.
 
-    Example:
+    Examples:
         >>> class_lists()["style"][:3]
         ['waltz', 'march', 'ballad']
     """
@@ -43,7 +43,7 @@ def class_lists() -> dict[str, list[str]]:
 def aliases(attribute: str, name: str) -> list[str]:
     """Caption paraphrases of one class (the name itself not included).
 
-    Example:
+    Examples:
         >>> aliases("mood", "sad")
         ['melancholic', 'sorrowful']
     """
@@ -55,7 +55,7 @@ def aliases(attribute: str, name: str) -> list[str]:
 def check_class(attribute: str, name: str) -> None:
     """Raise a one-line `ValueError` unless `name` is a class of `attribute`.
 
-    Example:
+    Examples:
         >>> check_class("instrument", "piano")
         >>> check_class("instrument", "kazoo")  # doctest: +IGNORE_EXCEPTION_DETAIL
         Traceback (most recent call last):

@@ -4,7 +4,7 @@ Hand-made librosa features (timbre, key-invariant harmony, rhythm, dynamics) fee
 standardised multinomial logistic regression per attribute. Weights are plain arrays
 (`.npz`) plus JSON: no pickle. `python -m probing.synth.classifier --fit --out DIR` refits.
 
-Example:
+Examples:
     >>> from probing.synth import render_clip
     >>> classifier = default_classifier()
     >>> classifier.predict(render_clip("violin", "waltz", "sad", score_seed=10**6), 16000, "instrument")
@@ -51,7 +51,7 @@ def default_weights_dir() -> Path:
 def features(wave: np.ndarray, sr: int) -> np.ndarray:
     """One feature vector of a mono clip (resampled to 16 kHz first).
 
-    Example:
+    Examples:
         >>> from probing.synth import render_clip
         >>> features(render_clip("flute", "march", "calm", 0), 16000).shape
         (207,)
@@ -180,7 +180,7 @@ class _Head:
 class AttributeClassifier:
     """Predicts instrument, style and mood of a clip from librosa features.
 
-    Example:
+    Examples:
         >>> classifier = AttributeClassifier.fit_synthetic(("instrument",), clips_per_class=2)
         >>> sorted(classifier.attributes)
         ['instrument']

@@ -5,7 +5,7 @@ with its own attack and decay; `render` adds note-off release and mixes. Wavetab
 the expensive decaying tones (modal, Karplus-Strong) are cached per pitch, so a note costs
 a few vector operations over its samples.
 
-Example:
+Examples:
     >>> import numpy as np
     >>> tone = RECIPES["violin"].tone(69, 1600, 16000, np.random.default_rng(0))
     >>> tone.shape, tone.dtype

@@ -1,6 +1,6 @@
 """Render a `Score` with one instrument: the notes never change, only their sound.
 
-Example:
+Examples:
     >>> from probing.synth.score import make_score
     >>> wave = render(make_score(0, "waltz", "happy"), "piano")
     >>> wave.shape, wave.dtype, bool(abs(wave).max() <= 0.95)
@@ -24,7 +24,7 @@ def render(score: Score, instrument: str, sr: int = SAMPLE_RATE, seed: int = 0) 
     The peak is `0.95 * loudest velocity`; `seed` varies detuning, vibrato phase, noise and
     per-note gain slightly, never the notes.
 
-    Example:
+    Examples:
         >>> from probing.synth.score import make_score
         >>> a = render(make_score(1, "march", "sad"), "flute", seed=3)
         >>> bool((a == render(make_score(1, "march", "sad"), "flute", seed=3)).all())
@@ -59,7 +59,7 @@ def render_clip(instrument: str, style: str, mood: str, score_seed: int, sr: int
                 seconds: float = CLIP_SECONDS) -> np.ndarray:
     """One dataset clip: tune `score_seed` arranged in `style` and `mood`, played on `instrument`.
 
-    Example:
+    Examples:
         >>> render_clip("harp", "arpeggio", "dreamy", score_seed=7).shape
         (65536,)
     """

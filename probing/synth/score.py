@@ -4,7 +4,7 @@ The melody is a walk over scale degrees drawn only from `score_seed` (never two 
 in a row); the style sets rhythm, articulation, metre and accompaniment; the mood sets mode,
 tempo, register and dynamics. So one `score_seed` is one tune, arrangeable every which way.
 
-Example:
+Examples:
     >>> score = make_score(3, "waltz", "sad")
     >>> score.melody_degrees()[:3] == make_score(3, "swing", "happy").melody_degrees()[:3]
     True
@@ -126,7 +126,7 @@ def pitch_to_degree(pitch: int, tonic: int, mode: tuple[int, ...]) -> int:
 def melody_degrees(score_seed: int, count: int) -> list[int]:
     """The first `count` melody degrees of a tune: a bounded walk, never repeating a degree.
 
-    Example:
+    Examples:
         >>> melody_degrees(0, 8) == melody_degrees(0, 20)[:8]
         True
     """
@@ -146,7 +146,7 @@ def melody_degrees(score_seed: int, count: int) -> list[int]:
 def make_score(score_seed: int, style: str, mood: str, seconds: float = CLIP_SECONDS) -> Score:
     """Arrange tune `score_seed` in a style and mood, `seconds` long.
 
-    Example:
+    Examples:
         >>> score = make_score(0, "chorale", "dark")
         >>> score.meter, score.notes[0].onset
         (4, 0.0)

@@ -1,6 +1,6 @@
 """Build an untrained TestbedPipeline (configs, tokenizer) and locate the shipped weights.
 
-Example:
+Examples:
     >>> pipe = build_untrained(["a", "sad", "waltz", "on", "violin"], seed=0)
     >>> len(pipe.unet.attn_processors)
     32

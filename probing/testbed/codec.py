@@ -4,7 +4,7 @@ The latent is the normalised log-mel spectrogram folded by pixel-unshuffle (no l
 (B, 1, frames, mels) -> (B, factor**2, frames/factor, mels/factor). Decoding unfolds it and
 inverts the mel with Griffin-Lim, so every latent has an exact, listenable waveform.
 
-Example:
+Examples:
     >>> codec = MelCodec()
     >>> z = codec.encode(torch.zeros(1, codec.clip_samples) + 0.01)
     >>> tuple(z.shape)

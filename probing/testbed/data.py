@@ -1,6 +1,6 @@
 """The testbed's training set: random synthetic renders as latents, with their class labels.
 
-Example:
+Examples:
     >>> data = render_dataset(n_clips=8, seed=0)
     >>> data.latents.shape
     (8, 16, 64, 16)

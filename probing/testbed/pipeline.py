@@ -5,7 +5,7 @@ Components: a word-level tokenizer over the caption vocabulary, a small T5 text 
 a DDIM scheduler, and the fixed mel codec of `probing.testbed.codec` (its settings live in the
 pipeline config).
 
-Example:
+Examples:
     >>> pipe = TestbedPipeline.from_pretrained(testbed_weights_dir())
     >>> audio = pipe("a sad waltz played on violin", num_inference_steps=25).audios[0]
     >>> audio.shape
