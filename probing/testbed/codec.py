@@ -21,6 +21,9 @@ import torch
 import torch.nn.functional as F
 
 
+LOG_MEL_FLOOR, LOG_MEL_CEILING = float(np.log(1e-5)), 6.0
+
+
 @dataclass(frozen=True)
 class MelCodec:
     """Fixed STFT/mel settings plus the dataset's log-mel mean/std (set when training starts)."""
@@ -73,7 +76,10 @@ class MelCodec:
 
     def decode(self, latents: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """(B, C, H, W) latent -> (B, clip_samples) waveform by Griffin-Lim (fast variant, momentum 0.99)."""
-        mel = torch.exp(self.latent_to_log_mel(latents)).transpose(1, 2)  # (B, n_mels, frames)
+        # clamp to the range a log-mel can hold (floor 1e-5, a loud peak): an off-manifold latent
+        # (an untrained model, a large guidance) must not overflow exp() into inf/NaN audio
+        log_mel = self.latent_to_log_mel(latents).clamp(LOG_MEL_FLOOR, LOG_MEL_CEILING)
+        mel = torch.exp(log_mel).transpose(1, 2)  # (B, n_mels, frames)
         inverse_basis = _inverse_mel_basis(self.sample_rate, self.n_fft, self.n_mels).to(mel.device)
         magnitude = (inverse_basis @ mel).clamp_min(0.0)
         magnitude = F.pad(magnitude, (0, 1), mode="replicate")  # the frame dropped by _stft

@@ -142,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lr", type=float, default=6e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes between checkpoints")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2,
+                        help="torch threads; use 1 when other jobs share the cores (2 threads then thrash)")
+    parser.add_argument("--export-only", action="store_true", help="export the last checkpoint to --out and stop")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -156,6 +158,12 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed)
     if trainer.resume():
         print(f"resumed at step {trainer.step}")
+    if args.export_only:
+        if args.out is None or trainer.step == 0:
+            raise SystemExit("--export-only needs --out and a checkpoint in --run")
+        trainer.export(args.out)
+        print(f"exported step {trainer.step} to {args.out}")
+        return
     log_path = args.run / "loss.csv"
     new_log = not log_path.exists()
     started = last_checkpoint = time.monotonic()

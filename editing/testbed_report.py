@@ -1,0 +1,171 @@
+"""Measure the shipped testbed: does it play what it is asked, and does DDIM inversion reconstruct?
+
+    python -m editing.testbed_report --out docs/testbed-results [--run runs/testbed] [--per-class 4]
+
+Writes report.json, confusion_instrument.png and (with --run) loss_curve.png. Adherence is judged
+by the independent attribute classifier (librosa features, trained on synthesizer renders, never
+on model output); its ceiling is the same classifier on synthesizer renders passed through the
+testbed's own codec (log-mel + Griffin-Lim), since every generated clip goes through that decoder.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from editing.inversion import ddim_invert, ddim_sample
+from probing.models import load_model
+from probing.synth import caption, class_lists, render_clip, templates
+from probing.synth.classifier import default_classifier
+
+ATTRIBUTES = ("instrument", "style", "mood")
+
+
+def sample_labels(per_class: int, seed: int) -> list[dict]:
+    """`per_class` items per instrument with random style, mood, template and score seed."""
+    rng = np.random.default_rng(seed)
+    classes = class_lists()
+    items = []
+    for instrument in classes["instrument"]:
+        for _ in range(per_class):
+            items.append({"instrument": instrument, "style": str(rng.choice(classes["style"])),
+                          "mood": str(rng.choice(classes["mood"])), "template": int(rng.choice(sorted(templates()))),
+                          "score_seed": int(rng.integers(10**6, 2 * 10**6))})
+    return items
+
+
+def accuracy(predicted: list[str], truth: list[str]) -> float:
+    return float(np.mean([p == t for p, t in zip(predicted, truth)]))
+
+
+def classify(classifier, waves: list[np.ndarray], sr: int) -> dict[str, list[str]]:
+    return {a: [classifier.predict(w, sr, a) for w in waves] for a in ATTRIBUTES}
+
+
+def generated_clips(model, items: list[dict], steps: int, guidance: float, batch: int, seed: int) -> list[np.ndarray]:
+    waves = []
+    for start in tqdm(range(0, len(items), batch), desc="generating"):
+        chunk = items[start:start + batch]
+        prompts = [caption(i["instrument"], i["style"], i["mood"], i["template"]) for i in chunk]
+        generator = torch.Generator().manual_seed(seed + start)
+        waves += list(model.pipeline(prompts, num_inference_steps=steps, guidance_scale=guidance,
+                                     generator=generator).audios)
+    return waves
+
+
+def codec_round_trips(model, items: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    sources = [render_clip(i["instrument"], i["style"], i["mood"], i["score_seed"]) for i in items]
+    return sources, [model.decode(model.encode_audio(w)) for w in tqdm(sources, desc="codec round trips")]
+
+
+def log_mel_l1(model, a: np.ndarray, b: np.ndarray) -> float:
+    codec = model.pipeline.codec
+    return float((codec.log_mel(torch.from_numpy(a)[None]) - codec.log_mel(torch.from_numpy(b)[None])).abs().mean())
+
+
+def reconstruction(model, sources: list[np.ndarray], steps: int) -> dict[str, float]:
+    """Empty-prompt DDIM inversion to pure noise and back (guidance 1) vs the plain codec round trip."""
+    empty = model.encode_prompt([""], guidance=1.0)
+    latent_l1, audio_l1, codec_l1 = [], [], []
+    for wave in tqdm(sources, desc="inversion round trips"):
+        z0 = model.encode_audio(wave)
+        z_back = ddim_sample(model, ddim_invert(model, z0, empty, steps), empty, steps)
+        latent_l1.append(float((z_back - z0).abs().mean()) * model.pipeline.codec.mel_std)  # in log-mel units
+        audio_l1.append(log_mel_l1(model, wave, model.decode(z_back)))
+        codec_l1.append(log_mel_l1(model, wave, model.decode(z0)))
+    return {"inversion_latent_log_mel_l1": float(np.mean(latent_l1)),
+            "inversion_audio_log_mel_l1": float(np.mean(audio_l1)),
+            "codec_round_trip_log_mel_l1": float(np.mean(codec_l1)), "clips": len(sources), "steps": steps}
+
+
+def plot_confusion(truth: list[str], predicted: list[str], classes: list[str], path: Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    index = {c: i for i, c in enumerate(classes)}
+    matrix = np.zeros((len(classes), len(classes)))
+    for t, p in zip(truth, predicted):
+        matrix[index[t], index[p]] += 1
+    matrix /= matrix.sum(axis=1, keepdims=True).clip(min=1)
+    fig, ax = plt.subplots(figsize=(7, 6))
+    image = ax.imshow(matrix, vmin=0, vmax=1, cmap="viridis")
+    ax.set_xticks(range(len(classes)), classes, rotation=90)
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("classifier's verdict")
+    ax.set_ylabel("prompted")
+    ax.set_title(title)
+    fig.colorbar(image, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_loss(run: Path, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with (run / "loss.csv").open() as f:
+        rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
+    steps, losses = np.array(rows).T
+    window = min(50, len(losses))
+    smooth = np.convolve(losses, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot(steps, losses, alpha=0.3, label="batch loss")
+    ax.plot(steps[window - 1:], smooth, label=f"mean of {window}")
+    ax.set_xlabel("step (batch 32)")
+    ax.set_ylabel("min-SNR weighted eps MSE")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="testbed")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--run", type=Path, help="training run folder with loss.csv")
+    parser.add_argument("--per-class", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--guidance", type=float, default=3.0)
+    parser.add_argument("--inversion-clips", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model)
+    classifier = default_classifier()
+    items = sample_labels(args.per_class, args.seed)
+    truth = {a: [i[a] for i in items] for a in ATTRIBUTES}
+    generated = classify(classifier, generated_clips(model, items, args.steps, args.guidance, 16, args.seed),
+                         model.sample_rate)
+    sources, round_trips = codec_round_trips(model, items)
+    ceiling = classify(classifier, round_trips, model.sample_rate)
+    report = {
+        "model": args.model, "clips": len(items), "steps": args.steps, "guidance": args.guidance,
+        "chance": {a: 1 / len(class_lists()[a]) for a in ATTRIBUTES},
+        "generated_accuracy": {a: accuracy(generated[a], truth[a]) for a in ATTRIBUTES},
+        "codec_ceiling_accuracy": {a: accuracy(ceiling[a], truth[a]) for a in ATTRIBUTES},
+        "generated_instrument_accuracy_per_class": {
+            c: accuracy([p for p, t in zip(generated["instrument"], truth["instrument"]) if t == c], [c] * args.per_class)
+            for c in class_lists()["instrument"]},
+        "reconstruction": reconstruction(model, sources[:args.inversion_clips], 50),
+    }
+    (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    plot_confusion(truth["instrument"], generated["instrument"], class_lists()["instrument"],
+                   args.out / "confusion_instrument.png", "testbed generations: instrument")
+    if args.run is not None:
+        plot_loss(args.run, args.out / "loss_curve.png")
+    print(json.dumps({k: report[k] for k in ("generated_accuracy", "codec_ceiling_accuracy", "reconstruction")},
+                     indent=1))
+
+
+if __name__ == "__main__":
+    main()
