@@ -92,9 +92,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--full-size", action="store_true")
     parser.add_argument("--full-size-steps", type=int, default=2)
+    parser.add_argument("--models", default="tiny-audioldm2,testbed", help="comma-separated model names")
     args = parser.parse_args()
     print(f"torch threads: {torch.get_num_threads()}")
-    for name in ("tiny-audioldm2", "testbed"):
+    for name in args.models.split(","):
         pipeline_ratio(name, args.steps, args.repeats)
     if args.full_size:
         full_size_ratio(args.full_size_steps)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -111,21 +112,35 @@ def capture(model, prompts: PromptSet, url: str, settings: CaptureSettings = Cap
     table = measure_layer_table(model)
     store, modules = open_store(model, prompts, url, settings, table, rank, world, overwrite)
     timesteps = store.identity["timesteps"]
-    for index in tqdm(store.pending(rank, world), desc=f"capture (rank {rank}/{world})", disable=not progress):
-        with AttentionRecorder(model, modules, settings.reduction, timesteps=timesteps) as recorder:
-            model.generate(prompts.prompts[index], settings.steps, settings.guidance, settings.seed, decode=False)
-        maps = {}
-        for module, spec in zip(modules, store.specs):
-            recorded, stacked = recorder.stacked(module.path)
-            if recorded != timesteps:
-                raise RuntimeError(f"{module.path}: recorded timesteps {recorded} differ from the plan {timesteps}")
-            if settings.reduction.heads == "mean":
-                stacked = stacked[:, :, 0]
-            stacked = stacked[:, 0] if settings.reduction.batch == "cond" else stacked
-            maps[spec.name] = pad_keys(stacked, spec.shape[-1], module.path)
-        store.write_prompt(index, maps)
+    # Writing prompt i overlaps generating prompt i+1 (one write in flight: memory stays bounded).
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        pending_write = None
+        for index in tqdm(store.pending(rank, world), desc=f"capture (rank {rank}/{world})", disable=not progress):
+            with AttentionRecorder(model, modules, settings.reduction, timesteps=timesteps) as recorder:
+                model.generate(prompts.prompts[index], settings.steps, settings.guidance, settings.seed, decode=False)
+            maps = _prompt_maps(recorder, modules, store.specs, timesteps, settings.reduction)
+            if pending_write is not None:
+                pending_write.result()  # re-raises a failed write here
+            pending_write = writer.submit(store.write_prompt, index, maps)
+        if pending_write is not None:
+            pending_write.result()
     _finish(store, rank, world)
     return store
+
+
+def _prompt_maps(recorder: AttentionRecorder, modules: list[ModuleInfo], specs: list[ArraySpec],
+                 timesteps: list[float], reduction: Reduction) -> dict[str, np.ndarray]:
+    """The recorder's maps of one prompt, shaped as the store's arrays."""
+    maps = {}
+    for module, spec in zip(modules, specs):
+        recorded, stacked = recorder.stacked(module.path)
+        if recorded != timesteps:
+            raise RuntimeError(f"{module.path}: recorded timesteps {recorded} differ from the plan {timesteps}")
+        if reduction.heads == "mean":
+            stacked = stacked[:, :, 0]
+        stacked = stacked[:, 0] if reduction.batch == "cond" else stacked
+        maps[spec.name] = pad_keys(stacked, spec.shape[-1], module.path)
+    return maps
 
 
 def _finish(store: CaptureStore, rank: int, world: int) -> None:

@@ -18,6 +18,8 @@ from probing.testbed.pipeline import MAX_PROMPT_TOKENS
 
 
 class TestbedModel(DiffusionModel):
+
+    __test__ = False  # not a pytest test class, despite the name
     family = "testbed"
     pipeline_classes = ("TestbedPipeline",)
     default_edit_layers = "self:8-14"  # laid out like AudioLDM 2: same 16 positions

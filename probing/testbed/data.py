@@ -26,6 +26,8 @@ ATTRIBUTES = ("instrument", "style", "mood")
 class TestbedData:
     """Latents (float16, normalised with `mel_mean`/`mel_std`) and label indices per clip."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     latents: np.ndarray  # (N, C, H, W)
     labels: np.ndarray  # (N, 3) indices into class_lists() for ATTRIBUTES
     score_seeds: np.ndarray  # (N,)

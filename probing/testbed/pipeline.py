@@ -27,6 +27,8 @@ MAX_PROMPT_TOKENS = 16
 class TestbedPipeline(DiffusionPipeline):
     """Text -> 4.096 s of 16 kHz music, trained by melodia on synthetic renders."""
 
+    __test__ = False  # not a pytest test class, despite the name
+
     model_cpu_offload_seq = "text_encoder->unet"
 
     def __init__(self, unet: UNet2DConditionModel, text_encoder: T5EncoderModel,
