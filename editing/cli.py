@@ -9,11 +9,11 @@ import argparse
 import os
 import sys
 
-from editing.commands import capture, generate, layers, synth
+from editing.commands import capture, demo, edit, generate, layers, synth
 from probing.errors import MelodiaError
 from probing.store import NotACaptureStoreError, StoreMismatchError
 
-COMMANDS = (synth, generate, layers, capture)
+COMMANDS = (demo, synth, generate, layers, capture, edit)
 USER_ERRORS = (MelodiaError, StoreMismatchError, NotACaptureStoreError, FileNotFoundError)
 
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="melodia",
         description="Open up text-to-music diffusion models: capture attention, probe layers, edit music.",
-        epilog="Start with: melodia layers testbed   |   melodia COMMAND --help for examples")
+        epilog="Start with: melodia demo   |   melodia COMMAND --help for examples")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)

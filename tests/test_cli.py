@@ -100,3 +100,29 @@ def test_synth_writes_the_same_melody_for_two_instruments(capsys, tmp_path):
 def test_layers_prints_the_reference_audioldm2_table(capsys):
     code, out, _ = run(capsys, "layers", "--reference")
     assert code == 0 and out.strip().endswith("16 layers, 96 attention modules (64 self, 32 cross)")
+
+
+def test_edit_writes_audio_sidecar_and_plot(capsys, tmp_path, untrained_testbed_dir):
+    import json
+
+    assert run(capsys, "synth", "--instrument", "piano", "--seed", "3", "-o", str(tmp_path / "src.wav"))[0] == 0
+    out = tmp_path / "out" / "violin.wav"
+    code, _, err = run(capsys, "edit", str(tmp_path / "src.wav"), "--to", "a happy waltz on violin", "-o", str(out),
+                       "--model", untrained_testbed_dir, "--steps", "4", "--plot", str(tmp_path / "cmp.png"))
+    assert code == 0, err
+    sidecar = json.loads(out.with_suffix(".json").read_text())
+    assert sidecar["settings"]["t_start"] == 0.6 and len(sidecar["injected_modules"]) == 7
+    assert sf.info(out).samplerate == 16000 and (tmp_path / "cmp.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("make_source, needle", [
+    (lambda p: p.write_text("not audio"), "not a readable audio file"),
+    (lambda p: sf.write(p, [0.0] * 16000, 16000), "silent"),
+    (lambda p: sf.write(p, [0.1] * 16000 * 6, 16000), "longer than")])
+def test_edit_refuses_bad_audio_and_writes_nothing(capsys, tmp_path, untrained_testbed_dir, make_source, needle):
+    source = tmp_path / "src.wav"
+    make_source(source)
+    out = tmp_path / "out.wav"
+    code, _, err = run(capsys, "edit", str(source), "--to", "violin", "-o", str(out), "--model", untrained_testbed_dir)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists() and not out.with_suffix(".json").exists()

@@ -1,0 +1,86 @@
+"""The Melodia editor: injection is exactly the source's Q/K, off means the DDIM baseline, bad input fails early."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from editing.editor import Melodia
+from editing.injection import inject_source_qk, record_source_qk
+from editing.inversion import ddim_invert, ddim_sample
+from editing.repository import AttentionRepository
+from probing.errors import MelodiaError
+from probing.hooks import AttentionHooks
+from probing.synth import render_clip
+
+PROMPT = "a happy waltz played on violin"
+
+
+@pytest.fixture(scope="module")
+def source() -> np.ndarray:
+    return render_clip("piano", "waltz", "happy", 3)
+
+
+@pytest.fixture(scope="module")
+def editor(untrained_testbed) -> Melodia:
+    return Melodia(untrained_testbed)
+
+
+def test_without_injection_the_editor_is_the_ddim_baseline_bit_for_bit(editor, source):
+    off = editor.edit(source, PROMPT, layers="none", steps=6)
+    ddim = editor.edit(source, PROMPT, method="ddim", steps=6)
+    assert off.injected == [] and np.array_equal(off.audio, ddim.audio)
+    injected = editor.edit(source, PROMPT, layers="self:8-14", steps=6)
+    assert len(injected.injected) == 7 and not np.allclose(injected.audio, ddim.audio)
+
+
+def test_injected_modules_see_the_sources_q_and_k(editor, untrained_testbed, source):
+    modules = editor.injected_modules("self:8-9")
+    model = untrained_testbed
+    z0 = model.encode_audio(source)
+    empty, target = model.encode_prompt([""], 1.0), model.encode_prompt([PROMPT], 3.5)
+    seen = []
+    with AttentionRepository() as repository:
+        with record_source_qk(model, modules, repository):
+            zt = ddim_invert(model, z0, empty, steps=5, t_start=0.6)
+        assert len(repository.timesteps()) == 3
+        with inject_source_qk(model, modules, repository), \
+                AttentionHooks(model, [m.path for m in modules], on_call=seen.append):
+            ddim_sample(model, zt, target, steps=5, t_start=0.6, guidance=3.5)
+        for call in seen:
+            query, key = repository.get(call.timestep, call.path)
+            assert call.query.shape[0] == 2  # both halves of the CFG batch
+            torch.testing.assert_close(call.query, query.expand_as(call.query), atol=0, rtol=0)
+            torch.testing.assert_close(call.key, key.expand_as(call.key), atol=0, rtol=0)
+    assert len(seen) == 3 * len(modules)
+
+
+def test_the_repository_size_is_predicted_and_spills_to_disk(editor, source):
+    result = editor.edit(source, PROMPT, layers="self:1-16", steps=5)
+    assert result.repository_bytes["predicted"] == result.repository_bytes["measured"] > 0
+    spilling = Melodia(editor.model, memory_budget_mb=0.01)
+    spilled = spilling.edit(source, PROMPT, layers="self:1-16", steps=5)
+    assert np.array_equal(spilled.audio, result.audio)
+
+
+def test_a_short_source_is_padded_and_cut_back(editor, source):
+    result = editor.edit(source[:30000], PROMPT, steps=4)
+    assert result.audio.shape == (30000,) and np.isfinite(result.audio).all()
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"t_start": 0.0}, "t_start must be in"), ({"t_start": 1.2}, "t_start must be in"),
+    ({"layers": "self:17"}, "layers 1-16"), ({"layers": "cross:8"}, "only cross-attention"),
+    ({"method": "magic"}, "unknown method")])
+def test_bad_settings_fail_before_any_work(editor, source, kwargs, message):
+    with pytest.raises(MelodiaError, match=message):
+        editor.edit(source, PROMPT, steps=4, **kwargs)
+
+
+@pytest.mark.parametrize("wave, message", [
+    (np.zeros(65536, np.float32), "silent"), (np.full(65536, np.nan, np.float32), "NaN"),
+    (np.ones(10, np.float32) * 0.1, "too short"), (np.ones(70000, np.float32) * 0.1, "longer than"),
+    (np.ones((2, 65536), np.float32) * 0.1, "mono")])
+def test_bad_audio_is_refused(editor, wave, message):
+    with pytest.raises(MelodiaError, match=message):
+        editor.edit(wave, PROMPT, steps=4)
