@@ -58,7 +58,7 @@ def pipeline_ratio(name: str, steps: int, repeats: int) -> None:
           f"ratio {with_capture / base:.3f}x")
 
 
-def full_size_ratio(steps: int) -> None:
+def full_size_ratio(steps: int, specs: list[str]) -> None:
     from probing.models.audioldm2 import reference_model
 
     model = reference_model("cpu")
@@ -72,18 +72,22 @@ def full_size_ratio(steps: int) -> None:
             for t in timesteps:
                 model.denoiser(**{**inputs, "timestep": torch.tensor(t)})
 
-    def captured():
+    def captured(modules):
         with tempfile.TemporaryDirectory() as folder:
-            specs = [map_spec(m, steps, reduction) for m in table.modules]
+            specs = [map_spec(m, steps, reduction) for m in modules]
             store = CaptureStore.create(f"{folder}/s.zarr", prompts=["p"], specs=specs, identity={"m": 1})
-            with AttentionRecorder(model, list(table.modules), reduction, n_prompts=1) as recorder:
+            with AttentionRecorder(model, modules, reduction, n_prompts=1) as recorder:
                 loop()
-            maps = {spec.name: recorder.stacked(m.path)[1][:, 0, 0] for spec, m in zip(specs, table.modules)}
+            maps = {spec.name: recorder.stacked(m.path)[1][:, 0, 0] for spec, m in zip(specs, modules)}
             store.write_prompt(0, {k: v[..., :spec.shape[-1]] for (k, v), spec in zip(maps.items(), specs)})
 
-    base, with_capture = best_of(1, loop), best_of(1, captured)
-    print(f"audioldm2-music full-size UNet (random weights), {steps} CFG steps of 10.24 s: plain {base:.1f} s, "
-          f"capture {with_capture:.1f} s, ratio {with_capture / base:.3f}x")
+    base = best_of(1, loop)
+    for spec in specs:
+        modules = table.select(spec)
+        with_capture = best_of(1, lambda: captured(modules))
+        print(f"audioldm2-music full-size UNet (random weights), {steps} CFG steps of 10.24 s, layers {spec} "
+              f"({len(modules)} modules): plain {base:.1f} s, capture {with_capture:.1f} s, "
+              f"ratio {with_capture / base:.3f}x")
 
 
 def main() -> None:
@@ -92,13 +96,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--full-size", action="store_true")
     parser.add_argument("--full-size-steps", type=int, default=2)
+    parser.add_argument("--full-size-layers", default="*;cross:*;self:8-14",
+                        help="layer specs to time on the full-size UNet, separated by ';'")
     parser.add_argument("--models", default="tiny-audioldm2,testbed", help="comma-separated model names")
     args = parser.parse_args()
     print(f"torch threads: {torch.get_num_threads()}")
     for name in args.models.split(","):
         pipeline_ratio(name, args.steps, args.repeats)
     if args.full_size:
-        full_size_ratio(args.full_size_steps)
+        full_size_ratio(args.full_size_steps, args.full_size_layers.split(";"))
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ def load_audio(path: str | Path, sample_rate: int, **limits) -> np.ndarray:
             wave, rate = librosa.load(path, sr=None, mono=True)
         except Exception as error:  # librosa raises many types for unreadable input
             raise MelodiaError(f"{path}: not a readable audio file ({type(error).__name__})") from None
+    validate_wave(wave, rate, name=str(path), **limits)  # before resampling: NaN must not reach librosa
     if rate != sample_rate:
         wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
     return validate_wave(wave, sample_rate, name=str(path), **limits)

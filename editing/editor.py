@@ -53,14 +53,31 @@ class EditResult:
     repository_bytes: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> dict:
-        return {"settings": asdict(self.settings), "sample_rate": self.sample_rate, "injected_modules": self.injected,
+        """JSON-ready settings, injected modules, timings, repository sizes and package versions."""
+        return {"versions": _versions(), "settings": asdict(self.settings), "sample_rate": self.sample_rate, "injected_modules": self.injected,
                 "timings_s": self.timings, "repository_bytes": self.repository_bytes}
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {}
+    for package in ("melodia", "torch", "diffusers", "transformers"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            found[package] = "unknown"
+    return found
 
 
 class Melodia:
     """The editor for one model (any adapter: testbed, AudioLDM 2, ...)."""
 
     def __init__(self, model, memory_budget_mb: float = 1024.0):
+        if not hasattr(model.scheduler, "alphas_cumprod"):
+            raise MelodiaError(f"{model.name}: its {type(model.scheduler).__name__} is not a DDPM/DDIM-family "
+                               "scheduler, so DDIM inversion does not apply (flow-matching and k-diffusion "
+                               "models are not supported by the editor yet)")
         self.model = model
         self.memory_budget_mb = memory_budget_mb
         self._table: LayerTable | None = None

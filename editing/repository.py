@@ -41,6 +41,7 @@ class AttentionRepository:
         self._pending_step: float | None = None
 
     def put(self, timestep: float, path: str, query: torch.Tensor, key: torch.Tensor) -> None:
+        """Store a copy of the source Q/K of `path` at `timestep` (in memory while the budget allows)."""
         size = (query.numel() + key.numel()) * query.element_size()
         if self.memory_bytes + size <= self.budget and not self.on_disk:
             self.memory[(timestep, path)] = (query.detach().clone(), key.detach().clone())
@@ -63,6 +64,7 @@ class AttentionRepository:
         self._pending, self._pending_step = {}, None
 
     def get(self, timestep: float, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The source (Q, K) of `path` at `timestep`; KeyError naming the mismatch if absent."""
         if (timestep, path) in self.memory:
             return self.memory[(timestep, path)]
         if self._pending_step == timestep:
@@ -74,6 +76,7 @@ class AttentionRepository:
         return step[f"{path}|q"], step[f"{path}|k"]
 
     def timesteps(self) -> list[float]:
+        """Timesteps held, ascending."""
         return sorted({t for t, _ in self.memory} | set(self.on_disk) | (
             {self._pending_step} if self._pending_step is not None else set()))
 

@@ -19,15 +19,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Should have t:UserWarning")
 EXPECTED_SHAPE = {"tiny-audioldm2": (1, 20480), "tiny-stable-audio": (1, 2, 44100), "tiny-unet": (1, 64, 64, 3)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy 2-core machine threads cost 10-100x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def generate(pipe, name: str, seed: int = 0) -> np.ndarray:
     pipe.set_progress_bar_config(disable=True)
     common = dict(num_inference_steps=2, generator=torch.Generator().manual_seed(seed))
