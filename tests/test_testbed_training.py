@@ -55,3 +55,15 @@ def test_training_resumes_exactly_and_exports_a_loadable_pipeline(data, tmp_path
     model = TestbedModel(TestbedPipeline.from_pretrained(tmp_path / "export"), "exported")
     assert model.pipeline.codec.mel_mean == pytest.approx(data.mel_mean)
     assert model.generate("a sad waltz", steps=2, guidance=3.0, seed=0).shape == (model.clip_samples,)
+
+
+def test_a_new_run_can_start_from_exported_weights(data, tmp_path):
+    words = caption_vocabulary(draws=1)
+    first = Trainer(tmp_path / "a", data, words, lr=1e-3, batch=2, seed=0)
+    first.train_step()
+    first.export(tmp_path / "export")
+    second = Trainer(tmp_path / "b", data, words, lr=1e-3, batch=2, seed=1)
+    second.init_from(tmp_path / "export")
+    for name, module in second.modules.items():
+        for key, value in module.state_dict().items():
+            torch.testing.assert_close(value, first.ema[name].state_dict()[key], atol=0, rtol=0)

@@ -119,6 +119,19 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]
         return True
 
+    def init_from(self, folder: Path) -> None:
+        """Start from an exported pipeline's weights (model and EMA; fresh optimiser), e.g. to train on."""
+        source = TestbedPipeline.from_pretrained(folder)
+        if source.tokenizer.get_vocab() != self.pipe.tokenizer.get_vocab():
+            raise SystemExit(f"{folder} has another caption vocabulary than this run")
+        if abs(source.codec.mel_mean - self.data.mel_mean) > 1e-3 or abs(source.codec.mel_std - self.data.mel_std) > 1e-3:
+            raise SystemExit(f"{folder} normalises log-mels differently from this run's data (render it with the "
+                             "same --clips and --seed)")
+        for name, module in self.modules.items():
+            state = getattr(source, name).state_dict()
+            module.load_state_dict(state)
+            self.ema[name].load_state_dict(state)
+
     def export(self, out: Path) -> TestbedPipeline:
         """Save the EMA weights as a diffusers pipeline folder (safetensors), atomically."""
         for name, module in self.modules.items():
@@ -145,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads; use 1 when other jobs share the cores (2 threads then thrash)")
     parser.add_argument("--export-only", action="store_true", help="export the last checkpoint to --out and stop")
+    parser.add_argument("--init-from", type=Path, help="start a new run from an exported pipeline (e.g. the shipped "
+                                                        "weights) instead of random weights")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -158,6 +173,9 @@ def main(argv: list[str] | None = None) -> None:
     trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed)
     if trainer.resume():
         print(f"resumed at step {trainer.step}")
+    elif args.init_from is not None:
+        trainer.init_from(args.init_from)
+        print(f"starting from the weights in {args.init_from}")
     if args.export_only:
         if args.out is None or trainer.step == 0:
             raise SystemExit("--export-only needs --out and a checkpoint in --run")
