@@ -1,8 +1,9 @@
 """Deterministic DDIM inversion and sampling on the adapter protocol, from any point of the schedule.
 
 `t_start` is the fraction of the schedule inverted (1.0: all the way to noise). Inversion uses
-`DDIMInverseScheduler` built from the model's own scheduler config, so inverting then sampling
-the same steps with the same conditioning and guidance 1 returns the latent (to float error).
+`DDIMInverseScheduler` built from the model's own scheduler config (without x0 clipping), so
+inverting then sampling the same steps with the same conditioning and guidance 1 returns the latent
+up to the model's own consistency between neighbouring timesteps.
 
 Examples:
     >>> z0 = model.encode_audio(wave)
@@ -19,6 +20,10 @@ from tqdm import tqdm
 
 from probing.errors import MelodiaError
 from probing.models.base import Conditioning, DiffusionModel
+
+# x0 clipping/thresholding (a sampler choice for plain generation) would make the two directions
+# differ: inversion and the edit's denoising both run the plain DDIM ODE.
+EXACT = {"clip_sample": False, "thresholding": False}
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (index, timestep, latents before the step)
 
@@ -44,7 +49,7 @@ def _run(model: DiffusionModel, scheduler, timesteps, latents: torch.Tensor, con
 def ddim_invert(model: DiffusionModel, z0: torch.Tensor, cond: Conditioning, steps: int, t_start: float = 1.0,
                 guidance: float = 1.0, on_step: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
     """z0 -> z at `t_start` of a `steps`-step DDIM schedule (deterministic)."""
-    inverse = DDIMInverseScheduler.from_config(model.scheduler.config)
+    inverse = DDIMInverseScheduler.from_config(model.scheduler.config, **EXACT)
     inverse.set_timesteps(steps, device=z0.device)
     timesteps = inverse.timesteps[: inverted_steps(steps, t_start)]
     return _run(model, inverse, timesteps, z0, cond, guidance, on_step, "inverting", progress)
@@ -53,7 +58,7 @@ def ddim_invert(model: DiffusionModel, z0: torch.Tensor, cond: Conditioning, ste
 def ddim_sample(model: DiffusionModel, zt: torch.Tensor, cond: Conditioning, steps: int, t_start: float = 1.0,
                 guidance: float = 1.0, on_step: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
     """z at `t_start` -> z0 with the last `t_start` fraction of a `steps`-step DDIM schedule."""
-    scheduler = DDIMScheduler.from_config(model.scheduler.config)
+    scheduler = DDIMScheduler.from_config(model.scheduler.config, **EXACT)
     scheduler.set_timesteps(steps, device=zt.device)
     timesteps = scheduler.timesteps[steps - inverted_steps(steps, t_start):]
     return _run(model, scheduler, timesteps, zt, cond, guidance, on_step, "denoising", progress)
