@@ -1,4 +1,4 @@
-"""The shipped testbed weights: they load offline, they learned the synthetic music, prompts steer them.
+"""The shipped testbed weights: they load offline and they learned the synthetic music.
 
 Each check also runs on random weights (same architecture and vocabulary), where it must fail:
 that is what makes it a test of the training rather than of the code.
@@ -11,8 +11,7 @@ import torch
 
 from probing.models import load_model
 from probing.models.testbed import TestbedModel
-from probing.synth import caption, class_lists, render_clip
-from probing.synth.classifier import default_classifier
+from probing.synth import render_clip
 from probing.testbed.build import build_untrained
 
 
@@ -52,19 +51,3 @@ def test_the_shipped_weights_load_offline_and_generate(shipped):
 def test_the_shipped_testbed_denoises_unseen_synthetic_music(shipped, random_weights):
     trained, untrained = denoising_error(shipped), denoising_error(random_weights)
     assert trained < 0.35 < untrained and trained < untrained / 3
-
-
-def test_prompts_steer_the_instrument(shipped, random_weights):
-    """One clip per instrument (template 0, waltz, happy, seed 0): the independent classifier must
-    recognise at least 3 of 16 (chance: 1), as measured over 64 clips in docs/testbed-results."""
-    classifier = default_classifier()
-    instruments = class_lists()["instrument"]
-    prompts = [caption(i, "waltz", "happy", 0) for i in instruments]
-
-    def correct(model: TestbedModel) -> int:
-        waves = model.pipeline(prompts, num_inference_steps=25, guidance_scale=3.0,
-                               generator=torch.Generator().manual_seed(0)).audios
-        return sum(classifier.predict(w, model.sample_rate, "instrument") == i for w, i in zip(waves, instruments))
-
-    assert correct(shipped) >= 3
-    assert correct(random_weights) <= 1
