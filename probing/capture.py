@@ -5,7 +5,8 @@ resumes from the store's `done` mask; rank 0 consolidates the metadata once all 
 
 Examples:
     >>> model = load_model("testbed")
-    >>> store = capture(model, load_prompts("testbed-small.yaml"), "maps.zarr", layers="*", steps=10)
+    >>> settings = CaptureSettings(layers="*", steps=10)
+    >>> store = capture(model, load_prompts("testbed-small.yaml"), "maps.zarr", settings)
     >>> store.done_mask().all()
     True
 """
@@ -89,6 +90,9 @@ def distributed_rank() -> tuple[int, int]:
 def open_store(model, prompts: PromptSet, url: str, settings: CaptureSettings, table: LayerTable,
                rank: int = 0, world: int = 1, overwrite: bool = False) -> tuple[CaptureStore, list[ModuleInfo]]:
     """Create (or resume) the store for this run; returns it with the selected modules."""
+    if settings.reduction.batch == "both" and settings.guidance <= 1.0:
+        raise MelodiaError("batch=both keeps both halves of the CFG batch, but guidance <= 1 runs no CFG batch; "
+                           "use batch=cond or --guidance above 1")
     modules = table.select(settings.layers)
     if not modules:
         raise MelodiaError(f"layer spec {settings.layers!r} selects no attention module of {model.name}")

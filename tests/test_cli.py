@@ -79,9 +79,10 @@ def test_a_store_of_another_model_is_left_untouched(capsys, tmp_path, prompts_fi
 
 def test_bad_reduction_and_timesteps(capsys, tmp_path, prompts_file, untrained_testbed_dir):
     for option, value, needle in [("--reduce", "heads=some", "heads must be"), ("--reduce", "grid=big", "TIMExFREQ"),
-                                  ("--timesteps", "0,99", "outside 0-9")]:
+                                  ("--timesteps", "0,99", "outside 0-9"),
+                                  ("--reduce", "batch=both --guidance 1", "no CFG batch")]:
         code, _, err = run(capsys, "capture", "--model", untrained_testbed_dir, "--prompts", str(prompts_file),
-                           "--store", str(tmp_path / "s.zarr"), option, value)
+                           "--store", str(tmp_path / "s.zarr"), option, *value.split())
         assert_one_line_error(code, err, needle)
         assert not (tmp_path / "s.zarr").exists()
 

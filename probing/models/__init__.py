@@ -22,6 +22,7 @@ from probing.models.unet import UNetModel
 FAMILIES: dict[str, type[DiffusionModel]] = {"testbed": TestbedModel, "audioldm2": AudioLDM2Model,
                                              "stable-audio": StableAudioModel, "unet": UNetModel}
 DEFAULT_MODEL = "testbed"
+TINY_NAMES = ("tiny-audioldm2", "tiny-stable-audio", "tiny-unet")
 
 
 def _adapter_for(class_name: str, name: str) -> type[DiffusionModel]:
@@ -89,7 +90,5 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "
     adapter = _adapter_for(type(pipeline).__name__, str(name_or_path))
     return adapter(pipeline.to(device), str(name_or_path))
 
-
-TINY_NAMES = ("tiny-audioldm2", "tiny-stable-audio", "tiny-unet")
 
 __all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "load_model", "TINY_NAMES", "DEFAULT_MODEL"]
