@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -57,19 +58,31 @@ def load_audio(path: str | Path, sample_rate: int, **limits) -> np.ndarray:
     return validate_wave(wave, sample_rate, name=str(path), **limits)
 
 
-def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:
-    """Write 16-bit PCM wav through a temporary file in the same folder, then rename."""
+@contextmanager
+def atomic_output(path: str | Path, suffix: str):
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it.
+
+    Examples:
+        >>> with atomic_output("out/cmp.png", ".png") as tmp:
+        ...     figure.savefig(tmp)
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    wave = np.asarray(wave, dtype=np.float32)
-    if not np.all(np.isfinite(wave)):
-        raise MelodiaError(f"refusing to write {path}: the audio contains NaN or infinite samples")
-    fd, tmp = tempfile.mkstemp(suffix=".wav", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent)
     os.close(fd)
     try:
-        sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16")
+        yield tmp
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-    return path
+
+
+def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:
+    """Write 16-bit PCM wav through a temporary file in the same folder, then rename."""
+    wave = np.asarray(wave, dtype=np.float32)
+    if not np.all(np.isfinite(wave)):
+        raise MelodiaError(f"refusing to write {path}: the audio contains NaN or infinite samples")
+    with atomic_output(path, ".wav") as tmp:
+        sf.write(tmp, np.clip(wave, -1.0, 1.0), sample_rate, subtype="PCM_16")
+    return Path(path)

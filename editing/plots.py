@@ -5,12 +5,12 @@ Examples:
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import librosa
 import numpy as np
+
+from editing.audio import atomic_output
 
 
 def plot_spectrograms(clips: dict[str, np.ndarray], sr: int, path: str | Path, title: str = "") -> Path:
@@ -33,15 +33,9 @@ def plot_spectrograms(clips: dict[str, np.ndarray], sr: int, path: str | Path, t
     fig.colorbar(image, ax=axes[0].tolist(), label="dB", fraction=0.02)
     if title:
         fig.suptitle(title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
+        with atomic_output(path, ".png") as tmp:
+            fig.savefig(tmp, dpi=100)
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 from editing.commands.common import add_model_argument, formatter, print_json
@@ -45,10 +43,10 @@ def add_parser(sub) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     """JSON through a temporary file and rename: never half-written."""
-    fd, tmp = tempfile.mkstemp(suffix=".json", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
+    from editing.audio import atomic_output
+
+    with atomic_output(path, ".json") as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def run(args) -> None:
