@@ -6,15 +6,13 @@ Examples:
 """
 from __future__ import annotations
 
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from probing.errors import MelodiaError
+from probing.paths import atomic_output
 
 SILENCE_PEAK = 1e-4
 
@@ -56,26 +54,6 @@ def load_audio(path: str | Path, sample_rate: int, **limits) -> np.ndarray:
     if rate != sample_rate:
         wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
     return validate_wave(wave, sample_rate, name=str(path), **limits)
-
-
-@contextmanager
-def atomic_output(path: str | Path, suffix: str):
-    """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it.
-
-    Examples:
-        >>> with atomic_output("out/cmp.png", ".png") as tmp:
-        ...     figure.savefig(tmp)
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:

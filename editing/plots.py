@@ -10,7 +10,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 
-from editing.audio import atomic_output
+from probing.paths import atomic_output
 
 
 def plot_spectrograms(clips: dict[str, np.ndarray], sr: int, path: str | Path, title: str = "") -> Path:

@@ -1,4 +1,4 @@
-"""Where melodia's shipped data lives, in a source checkout and in an installed wheel.
+"""Where melodia's shipped data lives (checkout or wheel), and how its outputs reach the disk whole.
 
 Examples:
     >>> from probing.paths import datasets_dir
@@ -7,6 +7,9 @@ Examples:
 """
 from __future__ import annotations
 
+import os
+import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
@@ -26,3 +29,23 @@ def datasets_dir() -> Path:
 def package_root() -> Path:
     """The installed `probing` package folder (shipped weights live below it)."""
     return _PACKAGE_ROOT
+
+
+@contextmanager
+def atomic_output(path: str | Path, suffix: str):
+    """Yield a temporary path beside `path`; on success rename it onto `path`, else remove it.
+
+    Examples:
+        >>> with atomic_output("out/cmp.png", ".png") as tmp:
+        ...     figure.savefig(tmp)
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
