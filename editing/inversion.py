@@ -3,7 +3,8 @@
 `t_start` is the fraction of the schedule inverted (1.0: all the way to noise). Inversion uses
 `DDIMInverseScheduler` built from the model's own scheduler config (without x0 clipping), so
 inverting then sampling the same steps with the same conditioning and guidance 1 returns the latent
-up to the model's own consistency between neighbouring timesteps.
+up to the model's own consistency between neighbouring timesteps. `partial_schedule` and `run_steps`
+are the pieces the other samplers (SDEdit, edit-friendly DDPM in `editing.baselines`) share.
 
 Examples:
     >>> z0 = model.encode_audio(wave)
@@ -26,6 +27,8 @@ from probing.models.base import Conditioning, DiffusionModel
 EXACT = {"clip_sample": False, "thresholding": False}
 
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (index, timestep, latents before the step)
+# (index, model output, timestep, latents) -> the latents after the step
+Step = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def inverted_steps(steps: int, t_start: float) -> int:
@@ -35,14 +38,26 @@ def inverted_steps(steps: int, t_start: float) -> int:
     return max(1, round(steps * t_start))
 
 
-def _run(model: DiffusionModel, scheduler, timesteps, latents: torch.Tensor, cond: Conditioning, guidance: float,
-         on_step: StepCallback | None, desc: str, progress: bool) -> torch.Tensor:
+def partial_schedule(model: DiffusionModel, steps: int, t_start: float) -> tuple[DDIMScheduler, torch.Tensor]:
+    """The model's DDIM scheduler (without x0 clipping) and the timesteps of the last `t_start` of its schedule.
+
+    The first timestep is where an edit's denoising starts; every sampler of the editor runs these.
+    """
+    scheduler = DDIMScheduler.from_config(model.scheduler.config, **EXACT)
+    scheduler.set_timesteps(steps, device=model.device)
+    return scheduler, scheduler.timesteps[steps - inverted_steps(steps, t_start):]
+
+
+def run_steps(model: DiffusionModel, timesteps: torch.Tensor, latents: torch.Tensor, cond: Conditioning,
+              guidance: float, step: Step, on_step: StepCallback | None = None, desc: str = "denoising",
+              progress: bool = False) -> torch.Tensor:
+    """The sampling loop: at each timestep, the model output (with CFG) and `step` to the next latents."""
     for index, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, leave=False)):
         if on_step is not None:
             on_step(index, t, latents)
         with torch.no_grad():
             eps = model.predict_noise(latents, t, cond, guidance)
-        latents = scheduler.step(eps, t, latents).prev_sample
+        latents = step(index, eps, t, latents)
     return latents
 
 
@@ -52,13 +67,13 @@ def ddim_invert(model: DiffusionModel, z0: torch.Tensor, cond: Conditioning, ste
     inverse = DDIMInverseScheduler.from_config(model.scheduler.config, **EXACT)
     inverse.set_timesteps(steps, device=z0.device)
     timesteps = inverse.timesteps[: inverted_steps(steps, t_start)]
-    return _run(model, inverse, timesteps, z0, cond, guidance, on_step, "inverting", progress)
+    return run_steps(model, timesteps, z0, cond, guidance, lambda _, eps, t, x: inverse.step(eps, t, x).prev_sample,
+                     on_step, "inverting", progress)
 
 
 def ddim_sample(model: DiffusionModel, zt: torch.Tensor, cond: Conditioning, steps: int, t_start: float = 1.0,
                 guidance: float = 1.0, on_step: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
     """z at `t_start` -> z0 with the last `t_start` fraction of a `steps`-step DDIM schedule."""
-    scheduler = DDIMScheduler.from_config(model.scheduler.config, **EXACT)
-    scheduler.set_timesteps(steps, device=zt.device)
-    timesteps = scheduler.timesteps[steps - inverted_steps(steps, t_start):]
-    return _run(model, scheduler, timesteps, zt, cond, guidance, on_step, "denoising", progress)
+    scheduler, timesteps = partial_schedule(model, steps, t_start)
+    return run_steps(model, timesteps, zt, cond, guidance, lambda _, eps, t, x: scheduler.step(eps, t, x).prev_sample,
+                     on_step, "denoising", progress)

@@ -1,4 +1,7 @@
-"""The Melodia editor: injection is exactly the source's Q/K, off means the DDIM baseline, bad input fails early."""
+"""The Melodia editor: injection is exactly the source's Q/K, off means the DDIM baseline, bad input fails early.
+
+The other baselines: tests/test_baselines.py; long sources in windows: tests/test_windows.py.
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -79,8 +82,7 @@ def test_bad_settings_fail_before_any_work(editor, source, kwargs, message):
 
 @pytest.mark.parametrize("wave, message", [
     (np.zeros(65536, np.float32), "silent"), (np.full(65536, np.nan, np.float32), "NaN"),
-    (np.ones(10, np.float32) * 0.1, "too short"), (np.ones(70000, np.float32) * 0.1, "longer than"),
-    (np.ones((2, 65536), np.float32) * 0.1, "mono")])
+    (np.ones(10, np.float32) * 0.1, "too short"), (np.ones((2, 65536), np.float32) * 0.1, "mono")])
 def test_bad_audio_is_refused(editor, wave, message):
     with pytest.raises(MelodiaError, match=message):
         editor.edit(wave, PROMPT, steps=4)
