@@ -3,7 +3,9 @@
 The source is DDIM-inverted with the empty prompt to `t_start` while the chosen self-attention
 layers' Q/K are stored; the edit denoises from there with the target prompt only, the chosen
 layers using the source's Q/K of the same timestep and their own V. `method="ddim"` is the same
-call without injection (inversion + regeneration), the baseline every edit is compared with.
+call without injection (inversion + regeneration), the baseline every edit is compared with;
+`sdedit` and `ddpm-friendly` are the other baselines (`editing.baselines`). A source longer than
+the model's window is edited in overlapping windows joined by crossfades (`editing.windows`).
 
 Examples:
     >>> editor = Melodia(load_model("testbed"))
@@ -13,19 +15,26 @@ Examples:
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
 
 from editing.audio import validate_wave
+from editing.baselines import NoiseMaps, ddpm_noise_maps, ddpm_sample, sdedit_noise
 from editing.injection import inject_source_qk, record_source_qk
 from editing.inversion import ddim_invert, ddim_sample, inverted_steps
 from editing.repository import AttentionRepository, predicted_bytes
+from editing.windows import join_windows, seam_flux_ratio, seam_positions, window_spans
 from probing.errors import MelodiaError
 from probing.layers import LayerTable, ModuleInfo, measure_layer_table
+from probing.profile import LayerProfile
+from probing.models.base import Conditioning
 
-METHODS = ("melodia", "ddim")
+METHODS = ("melodia", "ddim", "sdedit", "ddpm-friendly")
+WINDOW_OVERLAP = 0.25  # of the model's window, for sources longer than it
+MAX_SOURCE_SECONDS = 600.0
 
 
 @dataclass(frozen=True)
@@ -39,11 +48,17 @@ class EditSettings:
     steps: int = 50
     guidance: float = 3.5
     seed: int = 0
+    windows: bool = True
 
 
 @dataclass
 class EditResult:
-    """The edited audio with the settings, the injected modules and timings (seconds)."""
+    """The edited audio with the settings, the injected modules, timings (seconds) and the seam report.
+
+    `seams`: sample positions of the crossfade centres (empty for a source within one window);
+    `seam_flux_ratio` and `source_seam_flux_ratio`: `editing.windows.seam_flux_ratio` of the edit
+    and of the source at the same crossfades (None without seams).
+    """
 
     audio: np.ndarray
     sample_rate: int
@@ -51,11 +66,17 @@ class EditResult:
     injected: list[str] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     repository_bytes: dict[str, int] = field(default_factory=dict)
+    seams: list[int] = field(default_factory=list)
+    seam_flux_ratio: float | None = None
+    source_seam_flux_ratio: float | None = None
 
     def summary(self) -> dict:
-        """JSON-ready settings, injected modules, timings, repository sizes and package versions."""
-        return {"versions": _versions(), "settings": asdict(self.settings), "sample_rate": self.sample_rate, "injected_modules": self.injected,
-                "timings_s": self.timings, "repository_bytes": self.repository_bytes}
+        """JSON-ready settings, injected modules, timings, repository sizes, seam report and package versions."""
+        return {"versions": _versions(), "settings": asdict(self.settings), "sample_rate": self.sample_rate,
+                "injected_modules": self.injected, "timings_s": self.timings,
+                "repository_bytes": self.repository_bytes,
+                "seams": {"positions": self.seams, "flux_ratio": self.seam_flux_ratio,
+                          "source_flux_ratio": self.source_seam_flux_ratio}}
 
 
 def _versions() -> dict[str, str]:
@@ -70,16 +91,25 @@ def _versions() -> dict[str, str]:
     return found
 
 
+@contextmanager
+def _timed(timings: dict[str, float], phase: str):
+    """Add the seconds the block takes to `timings[phase]` (phases recur once per window)."""
+    start = time.perf_counter()
+    yield
+    timings[phase] = timings.get(phase, 0.0) + time.perf_counter() - start
+
+
 class Melodia:
     """The editor for one model (any adapter: testbed, AudioLDM 2, ...)."""
 
-    def __init__(self, model, memory_budget_mb: float = 1024.0):
+    def __init__(self, model, memory_budget_mb: float = 1024.0, profile: LayerProfile | None = None):
         if not hasattr(model.scheduler, "alphas_cumprod"):
             raise MelodiaError(f"{model.name}: its {type(model.scheduler).__name__} is not a DDPM/DDIM-family "
                                "scheduler, so DDIM inversion does not apply (flow-matching and k-diffusion "
                                "models are not supported by the editor yet)")
         self.model = model
         self.memory_budget_mb = memory_budget_mb
+        self.profile = profile
         self._table: LayerTable | None = None
 
     @property
@@ -88,11 +118,20 @@ class Melodia:
             self._table = measure_layer_table(self.model)
         return self._table
 
+    def auto_layers(self) -> str:
+        """What layers="auto" means: the profile's selection, else the family's documented default."""
+        if self.profile is None:
+            return self.model.default_edit_layers
+        if self.profile.n_layers != self.table.n_layers:
+            raise MelodiaError(f"the layer profile is of {self.profile.model!r} with {self.profile.n_layers} layers, "
+                               f"but {self.model.name} has {self.table.n_layers}; probe this model's captures")
+        return self.profile.select_edit_layers().spec
+
     def injected_modules(self, layers: str | None) -> list[ModuleInfo]:
-        """Self-attention modules a layer spec selects ('auto': the family's documented default)."""
+        """Self-attention modules a layer spec selects ('auto': see `auto_layers`)."""
         if layers in (None, "none"):
             return []
-        spec = self.model.default_edit_layers if layers == "auto" else layers
+        spec = self.auto_layers() if layers == "auto" else layers
         selected = self.table.select(spec)
         modules = [m for m in selected if m.kind == "self"]
         if selected and not modules:
@@ -100,46 +139,82 @@ class Melodia:
                                "(e.g. self:8-14)")
         return modules
 
-    def _window(self, wave: np.ndarray) -> tuple[np.ndarray, int]:
+    def _spans(self, length: int, windows: bool) -> list[tuple[int, int]]:
+        """The windows a `length`-sample source is edited in (one span when it fits the model's window)."""
         window = getattr(self.model, "clip_samples", None)
-        if window is None:
-            return wave, len(wave)
-        if len(wave) > window:
-            raise MelodiaError(f"source is {len(wave) / self.model.sample_rate:.2f} s, longer than the model's "
-                               f"{window / self.model.sample_rate:.2f} s window")
-        return np.pad(wave, (0, window - len(wave))), len(wave)
+        if window is None or length <= window:
+            return [(0, length)]
+        if not windows:
+            rate = self.model.sample_rate
+            raise MelodiaError(f"source is {length / rate:.2f} s, longer than the model's {window / rate:.2f} s "
+                               "window, and windowed editing is off; allow it (windows=True, CLI: without "
+                               "--no-windows) or cut the source")
+        return window_spans(length, window, round(window * WINDOW_OVERLAP))
+
+    def _pad(self, wave: np.ndarray) -> np.ndarray:
+        window = getattr(self.model, "clip_samples", None)
+        return wave if window is None else np.pad(wave, (0, window - len(wave)))
 
     def edit(self, wave: np.ndarray, target_prompt: str, method: str = "melodia", layers: str | None = "auto",
-             t_start: float = 0.6, steps: int = 50, guidance: float = 3.5, seed: int = 0,
+             t_start: float = 0.6, steps: int = 50, guidance: float = 3.5, seed: int = 0, windows: bool = True,
              progress: bool = False) -> EditResult:
-        """Edit mono `wave` (at the model's rate) towards `target_prompt`."""
+        """Edit mono `wave` (at the model's rate) towards `target_prompt` with `method` (one of METHODS).
+
+        A source longer than the model's window is edited in windows overlapping by WINDOW_OVERLAP,
+        each with the same settings and seed, joined by crossfades; `windows=False` refuses it instead.
+        """
         if method not in METHODS:
             raise MelodiaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         settings = EditSettings(target_prompt, method, layers if method == "melodia" else "none", t_start, steps,
-                                guidance, seed)
+                                guidance, seed, windows)
         inverted_steps(steps, t_start)  # validates t_start before any work
         modules = self.injected_modules(settings.layers)
-        wave = validate_wave(wave, self.model.sample_rate, name="source")
-        padded, length = self._window(wave)
-        torch.manual_seed(seed)
-        timings, start = {}, time.perf_counter()
-        with torch.no_grad():
-            z0 = self.model.encode_audio(padded)
+        wave = validate_wave(wave, self.model.sample_rate, name="source", max_seconds=MAX_SOURCE_SECONDS)
+        spans = self._spans(len(wave), windows)
+        timings: dict[str, float] = {}
+        with _timed(timings, "encode"), torch.no_grad():
             empty = self.model.encode_prompt([""], guidance=1.0)
             target = self.model.encode_prompt([target_prompt], guidance=guidance)
-        timings["encode"] = time.perf_counter() - start
+        edited = [self._edit_window(wave[a:b], settings, modules, empty, target, timings, progress) for a, b in spans]
+        audio = join_windows([piece for piece, _ in edited], spans)
+        sizes = {"predicted": predicted_bytes(self.model, modules, inverted_steps(steps, t_start)),
+                 "measured": max(measured for _, measured in edited)}  # per window: one repository at a time
+        rate = self.model.sample_rate
+        return EditResult(audio, rate, settings, [m.path for m in modules], timings, sizes, seam_positions(spans),
+                          seam_flux_ratio(audio, rate, spans), seam_flux_ratio(wave, rate, spans))
+
+    def _edit_window(self, wave: np.ndarray, settings: EditSettings, modules: list[ModuleInfo], empty: Conditioning,
+                     target: Conditioning, timings: dict[str, float], progress: bool) -> tuple[np.ndarray, int]:
+        """Edit one window (padded to the model's window, cut back): the audio and the repository's bytes."""
+        torch.manual_seed(settings.seed)
+        generator = torch.Generator().manual_seed(settings.seed)
+        with _timed(timings, "encode"), torch.no_grad():
+            z0 = self.model.encode_audio(self._pad(wave))
         with AttentionRepository(self.memory_budget_mb) as repository:
-            start = time.perf_counter()
-            with record_source_qk(self.model, modules, repository):
-                zt = ddim_invert(self.model, z0, empty, steps, t_start, progress=progress)
-            timings["invert"] = time.perf_counter() - start
-            start = time.perf_counter()
-            with inject_source_qk(self.model, modules, repository):
-                z_edit = ddim_sample(self.model, zt, target, steps, t_start, guidance, progress=progress)
-            timings["denoise"] = time.perf_counter() - start
-            sizes = {"predicted": predicted_bytes(self.model, modules, inverted_steps(steps, t_start)),
-                     "measured": repository.nbytes}
-        start = time.perf_counter()
-        audio = self.model.decode(z_edit)[:length]
-        timings["decode"] = time.perf_counter() - start
-        return EditResult(audio, self.model.sample_rate, settings, [m.path for m in modules], timings, sizes)
+            with _timed(timings, "invert"):
+                start = self._invert(settings, z0, empty, modules, repository, generator, progress)
+            with _timed(timings, "denoise"):
+                z_edit = self._denoise(settings, start, target, modules, repository, progress)
+            measured = repository.nbytes
+        with _timed(timings, "decode"):
+            audio = self.model.decode(z_edit)[: len(wave)]
+        return audio, measured
+
+    def _invert(self, s: EditSettings, z0: torch.Tensor, empty: Conditioning, modules: list[ModuleInfo],
+                repository: AttentionRepository, generator: torch.Generator,
+                progress: bool) -> torch.Tensor | NoiseMaps:
+        """The source latent -> where `method` starts denoising (a latent, or NoiseMaps for ddpm-friendly)."""
+        if s.method == "sdedit":
+            return sdedit_noise(self.model, z0, s.steps, s.t_start, generator)
+        if s.method == "ddpm-friendly":
+            return ddpm_noise_maps(self.model, z0, empty, s.steps, s.t_start, generator, progress=progress)
+        with record_source_qk(self.model, modules, repository):
+            return ddim_invert(self.model, z0, empty, s.steps, s.t_start, progress=progress)
+
+    def _denoise(self, s: EditSettings, start: torch.Tensor | NoiseMaps, target: Conditioning,
+                 modules: list[ModuleInfo], repository: AttentionRepository, progress: bool) -> torch.Tensor:
+        """Denoise from `start` with the target prompt (melodia: injecting the recorded Q/K)."""
+        if s.method == "ddpm-friendly":
+            return ddpm_sample(self.model, start, target, s.steps, s.t_start, s.guidance, progress=progress)
+        with inject_source_qk(self.model, modules, repository):
+            return ddim_sample(self.model, start, target, s.steps, s.t_start, s.guidance, progress=progress)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +25,7 @@ import torch
 from tqdm import tqdm
 
 from probing.errors import MelodiaError
+from probing.features import TEXT_EMBEDDING
 from probing.layers import LayerTable, ModuleInfo, measure_layer_table
 from probing.maps import Reduction
 from probing.prompts import PromptSet
@@ -40,12 +43,48 @@ class CaptureSettings:
     guidance: float = 3.0
     seed: int = 0
     reduction: Reduction = Reduction()
+    random_denoiser: int | None = None  # seed: capture a freshly initialised denoiser (the probes' baseline)
 
 
 def config_hash(model) -> str:
     """A short hash of the denoiser's config: two stores of one hash come from one architecture."""
     config = json.dumps(dict(model.denoiser.config), sort_keys=True, default=str)
     return hashlib.sha256(config.encode()).hexdigest()[:16]
+
+
+def pooled_text_embedding(model, prompt: str) -> np.ndarray:
+    """Mean and max over tokens of every float tensor the denoiser is conditioned on (the text-only baseline)."""
+    with torch.no_grad():
+        cond = model.encode_prompt([prompt], guidance=1.0)
+    parts = []
+    for value in cond.kwargs.values():
+        if torch.is_tensor(value) and value.is_floating_point():
+            row = value[0].float().reshape(-1, value.shape[-1]) if value.ndim > 1 else value.float().reshape(1, -1)
+            parts += [row.mean(0), row.amax(0)] if len(row) > 1 else [row[0]]
+    if not parts:
+        raise RuntimeError(f"{model.name}: encode_prompt returned no float tensor to embed")
+    return torch.cat(parts).cpu().numpy()
+
+
+@contextmanager
+def randomized_denoiser(model, seed: int | None) -> Iterator[None]:
+    """Within the block the denoiser has fresh seeded weights (same config); the text encoder stays.
+
+    The probes' random-weights baseline: what the maps show when nothing was learned. None: no-op.
+    """
+    if seed is None:
+        yield
+        return
+    key = "unet" if hasattr(model.pipeline, "unet") else "transformer"
+    trained = model.denoiser
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        fresh = type(trained).from_config(trained.config).to(device=model.device, dtype=model.dtype).eval()
+    model.pipeline.register_modules(**{key: fresh})
+    try:
+        yield
+    finally:
+        model.pipeline.register_modules(**{key: trained})
 
 
 def map_spec(module: ModuleInfo, n_steps: int, reduction: Reduction) -> ArraySpec:
@@ -100,7 +139,11 @@ def open_store(model, prompts: PromptSet, url: str, settings: CaptureSettings, t
     identity = {"model": model.name, "family": model.family, "config_hash": config_hash(model),
                 "layers": settings.layers, "steps": settings.steps, "timesteps": timesteps,
                 "guidance": settings.guidance, "seed": settings.seed, "reduction": settings.reduction.to_json()}
+    if settings.random_denoiser is not None:
+        identity["random_denoiser"] = settings.random_denoiser
+    embedding = pooled_text_embedding(model, "")
     specs = [map_spec(m, len(timesteps), settings.reduction) for m in modules]
+    specs.append(ArraySpec(TEXT_EMBEDDING, embedding.shape, ("embedding",), "float32", attrs={"kind": "text"}))
     store = CaptureStore.open_for_rank(url, rank=rank, world=world, prompts=prompts.prompts, specs=specs,
                                        identity=identity, labels=prompts.labels or None,
                                        template_ids=prompts.template_ids or None,
@@ -112,6 +155,12 @@ def open_store(model, prompts: PromptSet, url: str, settings: CaptureSettings, t
 def capture(model, prompts: PromptSet, url: str, settings: CaptureSettings = CaptureSettings(),
             overwrite: bool = False, progress: bool = True) -> CaptureStore:
     """Capture `prompts` into the store at `url` (resuming what is already there)."""
+    with randomized_denoiser(model, settings.random_denoiser):
+        return _capture(model, prompts, url, settings, overwrite, progress)
+
+
+def _capture(model, prompts: PromptSet, url: str, settings: CaptureSettings, overwrite: bool,
+             progress: bool) -> CaptureStore:
     rank, world = distributed_rank()
     table = measure_layer_table(model)
     store, modules = open_store(model, prompts, url, settings, table, rank, world, overwrite)
@@ -123,6 +172,7 @@ def capture(model, prompts: PromptSet, url: str, settings: CaptureSettings = Cap
             with AttentionRecorder(model, modules, settings.reduction, timesteps=timesteps) as recorder:
                 model.generate(prompts.prompts[index], settings.steps, settings.guidance, settings.seed, decode=False)
             maps = _prompt_maps(recorder, modules, store.specs, timesteps, settings.reduction)
+            maps[TEXT_EMBEDDING] = pooled_text_embedding(model, prompts.prompts[index])
             if pending_write is not None:
                 pending_write.result()  # re-raises a failed write here
             pending_write = writer.submit(store.write_prompt, index, maps)

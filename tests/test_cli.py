@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
@@ -119,7 +120,7 @@ def test_edit_writes_audio_sidecar_and_plot(capsys, tmp_path, untrained_testbed_
 @pytest.mark.parametrize("make_source, needle", [
     (lambda p: p.write_text("not audio"), "not a readable audio file"),
     (lambda p: sf.write(p, [0.0] * 16000, 16000), "silent"),
-    (lambda p: sf.write(p, [0.1] * 16000 * 6, 16000), "longer than")])
+    (lambda p: sf.write(p, np.full(16000 * 601, 0.1, np.float32), 16000), "longer than 600")])
 def test_edit_refuses_bad_audio_and_writes_nothing(capsys, tmp_path, untrained_testbed_dir, make_source, needle):
     source = tmp_path / "src.wav"
     make_source(source)
@@ -127,3 +128,46 @@ def test_edit_refuses_bad_audio_and_writes_nothing(capsys, tmp_path, untrained_t
     code, _, err = run(capsys, "edit", str(source), "--to", "violin", "-o", str(out), "--model", untrained_testbed_dir)
     assert_one_line_error(code, err, needle)
     assert not out.exists() and not out.with_suffix(".json").exists()
+
+
+@pytest.fixture()
+def eval_clips(tmp_path) -> tuple[str, str]:
+    import numpy as np
+
+    t = np.arange(3 * 16000) / 16000
+    for name, hz in (("src.wav", 220), ("out.wav", 330)):
+        sf.write(tmp_path / name, 0.3 * np.sin(2 * np.pi * hz * t), 16000)
+    return str(tmp_path / "src.wav"), str(tmp_path / "out.wav")
+
+
+def test_eval_reports_metrics_without_weights_as_unavailable(capsys, eval_clips):
+    source, edited = eval_clips
+    code, out, err = run(capsys, "eval", "--source", source, "--edited", edited, "--prompt", "a violin")
+    assert code == 0, err
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    for name in ("clap", "lpaps", "fad", "asb", "amb", "ideal_log_mel_distance"):
+        assert rows[name].split(None, 1)[1].startswith("unavailable: "), rows[name]
+    assert "--lpaps FILE" in rows["lpaps"] and "higher is better" in rows["chroma"]
+    assert "target violin" in rows["classifier_instrument"]
+
+
+def test_eval_help_shows_an_example(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--help"])
+    assert exit_info.value.code == 0
+    assert 'melodia eval --source src.wav --edited out.wav --prompt "violin"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("options, needle", [
+    (["--edited", "missing.wav"], "no such file"),
+    (["--prompt", " "], "--prompt is empty"),
+    (["--lpaps", "missing.pth"], "no such LPAPS weights file"),
+    (["--clap", "nobody/no-such-clap"], "--clap DIR")])
+def test_eval_refuses_bad_input_in_one_line(capsys, tmp_path, eval_clips, options, needle):
+    source, edited = eval_clips
+    arguments = {"--source": source, "--edited": edited, "--prompt": "violin"}
+    option, value = options
+    arguments[option] = str(tmp_path / value) if value.endswith((".wav", ".pth")) else value
+    code, out, err = run(capsys, "eval", *[item for pair in arguments.items() for item in pair])
+    assert_one_line_error(code, err, needle)
+    assert out == ""

@@ -18,6 +18,9 @@ examples:
   melodia capture --prompts datasets/probing/testbed.yaml --store maps.zarr
   melodia capture --model tiny-audioldm2 --prompts prompts.txt --store m.zarr --layers cross:* --steps 5
   melodia capture --prompts testbed-small.yaml --store m.zarr --steps 20 --timesteps 0,10,19 --reduce heads=all
+  melodia capture --prompts testbed.yaml --store random.zarr --random-denoiser 0   # the probes' baseline
+
+Each store also holds every prompt's pooled text embedding (the probes' text-only baseline).
 """
 
 
@@ -32,6 +35,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--reduce", default="", help="e.g. heads=mean,grid=16x4,batch=cond")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0, help="initial noise seed, the same for every prompt")
+    parser.add_argument("--random-denoiser", type=int, metavar="SEED",
+                        help="capture a freshly initialised denoiser (seeded) instead of the trained one: "
+                             "the baseline of `melodia probe --random-baseline`")
     parser.add_argument("--overwrite", action="store_true", help="replace a store of another run at --store")
     parser.set_defaults(run=run)
 
@@ -77,7 +83,8 @@ def run(args) -> None:
 
     prompts = load_prompts(args.prompts)
     settings = CaptureSettings(layers=args.layers, steps=args.steps, step_indices=parse_step_indices(args.timesteps),
-                               guidance=args.guidance, seed=args.seed, reduction=parse_reduction(args.reduce))
+                               guidance=args.guidance, seed=args.seed, reduction=parse_reduction(args.reduce),
+                               random_denoiser=args.random_denoiser)
     model = load_model(args.model, device=args.device)
     store = capture(model, prompts, args.store, settings, overwrite=args.overwrite)
     done = int(store.done_mask().sum())

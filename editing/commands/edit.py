@@ -5,22 +5,30 @@ import json
 from pathlib import Path
 
 from editing.commands.common import add_model_argument, formatter, print_json
+from editing.editor import MAX_SOURCE_SECONDS, METHODS, Melodia
 
 HELP = """Edit a clip towards a text prompt (Melodia: source self-attention Q/K injected while denoising).
 
 The source is inverted with the empty prompt to --t-start (a fraction of the schedule); the edit
 denoises from there with the target prompt only (no description of the source needed), the
 chosen self-attention layers using the source's Q and K. Writes OUT.wav and OUT.json (settings,
-model, timings); --plot adds source/edited spectrograms side by side.
+model, timings, seam report); --plot adds source/edited spectrograms side by side. A source longer
+than the model's window is edited in windows overlapping by 25 %, joined by crossfades.
 
-layers: auto (the model's documented default: AudioLDM 2 and the testbed: self:8-14),
+layers: auto (with --profile: the band the profile selects; else the model's documented default,
+        AudioLDM 2 and the testbed: self:8-14),
         a layer spec (self:8-14, self:10-12, up, ...; see `melodia layers`), or none
 method: melodia (injection) | ddim (inversion + regeneration, no injection: the baseline)
+        | sdedit (noise the source to --t-start, denoise with the prompt)
+        | ddpm-friendly (edit-friendly DDPM inversion: the source's noise maps, regenerated)
+        (--layers applies to melodia only)
 
 examples:
   melodia synth --instrument piano --seed 3 -o piano.wav
   melodia edit piano.wav --to "a happy waltz played on the violin" -o violin.wav --plot cmp.png
   melodia edit song.wav --model cvssp/audioldm2-music --to "violin solo" --layers self:8-14 -o out.wav
+  melodia edit piano.wav --to "a happy waltz played on the violin" --method ddpm-friendly -o ddpm.wav
+  melodia edit piano.wav --to "violin" --profile profile.json -o auto.wav      # layers from `melodia probe`
 """
 
 
@@ -31,11 +39,15 @@ def add_parser(sub) -> None:
     parser.add_argument("-o", "--output", required=True, help="output .wav (a .json sidecar is written beside it)")
     add_model_argument(parser)
     parser.add_argument("--layers", default="auto", help="auto | layer spec | none (default auto)")
+    parser.add_argument("--profile", metavar="JSON", help="layer profile (`melodia probe`): --layers auto "
+                        "injects the band it selects instead of the family default")
     parser.add_argument("--t-start", type=float, default=0.6, help="inverted fraction of the schedule, (0, 1]")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=3.5)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--method", default="melodia", choices=("melodia", "ddim"))
+    parser.add_argument("--method", default="melodia", choices=METHODS)
+    parser.add_argument("--no-windows", dest="windows", action="store_false",
+                        help="refuse a source longer than the model's window instead of editing it in windows")
     parser.add_argument("--plot", help="write source/edited spectrograms to this PNG")
     parser.add_argument("--json", action="store_true", help="print the sidecar JSON to stdout")
     parser.set_defaults(run=run)
@@ -43,7 +55,7 @@ def add_parser(sub) -> None:
 
 def write_json(path: Path, data: dict) -> None:
     """JSON through a temporary file and rename: never half-written."""
-    from editing.audio import atomic_output
+    from probing.paths import atomic_output
 
     with atomic_output(path, ".json") as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=1)
@@ -51,18 +63,19 @@ def write_json(path: Path, data: dict) -> None:
 
 def run(args) -> None:
     from editing.audio import load_audio, write_wav
-    from editing.editor import Melodia
     from editing.plots import plot_spectrograms
     from probing.models import load_model
+    from probing.profile import LayerProfile
 
+    profile = LayerProfile.load(args.profile) if args.profile else None  # a bad file fails before the model loads
     model = load_model(args.model, device=args.device)
-    window = getattr(model, "clip_samples", None)
-    source = load_audio(args.source, model.sample_rate,
-                        max_seconds=None if window is None else window / model.sample_rate)
-    result = Melodia(model).edit(source, args.prompt, method=args.method, layers=args.layers, t_start=args.t_start,
-                                 steps=args.steps, guidance=args.guidance, seed=args.seed, progress=True)
+    source = load_audio(args.source, model.sample_rate, max_seconds=MAX_SOURCE_SECONDS)
+    editor = Melodia(model, profile=profile)
+    result = editor.edit(source, args.prompt, method=args.method, layers=args.layers, t_start=args.t_start,
+                         steps=args.steps, guidance=args.guidance, seed=args.seed, windows=args.windows, progress=True)
     output = Path(args.output)
-    sidecar = {**result.summary(), "source": str(args.source), "model": args.model, "output": str(output)}
+    sidecar = {**result.summary(), "source": str(args.source), "model": args.model, "output": str(output),
+               "profile": args.profile}
     write_wav(output, result.audio, result.sample_rate)
     write_json(output.with_suffix(".json"), sidecar)
     if args.plot:
@@ -71,5 +84,7 @@ def run(args) -> None:
     if args.json:
         print_json(sidecar)
     else:
+        seams = (f", {len(result.seams) + 1} windows, seam flux ratio {result.seam_flux_ratio:.2f} "
+                 f"(source {result.source_seam_flux_ratio:.2f})") if result.seams else ""
         print(f"wrote {output} and {output.with_suffix('.json')} ({sum(result.timings.values()):.1f} s, "
-              f"{len(result.injected)} self-attention modules injected)")
+              f"{len(result.injected)} self-attention modules injected{seams})")

@@ -14,6 +14,7 @@ examples:
   melodia layers tiny-audioldm2 --json
   melodia layers testbed --select self:8-14
   melodia layers --reference --select self:8-14    # the real cvssp/audioldm2-music UNet, no download
+  melodia layers testbed --profile profile.json     # the band `--layers auto` injects, and why
 """
 
 
@@ -24,6 +25,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--reference", action="store_true",
                         help="the real cvssp/audioldm2-music UNet built from its pinned config on the meta "
                              "device (no weights, no network): the paper's layers 1-16")
+    parser.add_argument("--profile", metavar="JSON", help="a layer profile (`melodia probe`): show the "
+                        "self-attention layers it selects for editing, with the reasons")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(run=run)
@@ -39,9 +42,18 @@ def run(args) -> None:
         table = reference_layer_table()
     else:
         table = measure_layer_table(load_model(args.model, device=args.device))
-    if args.select:
-        table = LayerTable(table.model, tuple(table.select(args.select)))
+    selection = None
+    if args.profile:
+        from probing.profile import LayerProfile
+
+        selection = LayerProfile.load(args.profile).select_edit_layers()
+    spec = args.select or (selection.spec if selection else None)
+    if spec:
+        table = LayerTable(table.model, tuple(table.select(spec)))
     if args.json:
-        print_json(table.to_json())
+        print_json({**table.to_json(), **({"selection": {"spec": selection.spec, "reasons": list(selection.reasons)}}
+                                          if selection else {})})
     else:
         print(table.format())
+        if selection:
+            print(selection.explain())

@@ -1,0 +1,331 @@
+"""Probes: how well an attribute (instrument, style, mood) can be read from one layer's maps.
+
+A probe standardises the flattened maps, projects them on their first principal components
+(fitted on the training split only) and classifies them with a small MLP (`hidden > 0`) or a
+linear softmax (`hidden = 0`, the baseline). Many probes train at once as one batched model, so a
+whole profile (every layer x kind x attribute, its control task and the text baseline) costs a
+few batched matrix products per fold.
+
+Evaluation follows what a reviewer asks for: folds grouped by prompt template (a template never
+sits on both sides), balanced accuracy of the out-of-fold predictions, a 95 % cluster-bootstrap
+interval that resamples templates, the chance level, and a control task (labels permuted between
+prompts) whose accuracy the real one must beat (selectivity, Hewitt & Liang 2019).
+
+Examples:
+    >>> probe = MLPProbe(hidden=32).fit(X_train, y_train)        # sklearn-style estimator
+    >>> probe.score(X_test, y_test)                               # balanced accuracy
+    >>> scores = probe_features({"self:3": X}, {"instrument": y}, groups=template_ids)
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from sklearn.model_selection import GroupKFold
+
+from probing.errors import MelodiaError
+
+PROBE_FORMAT = "melodia.probe"
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    """Probe capacity, optimisation and evaluation (recorded in every profile).
+
+    components: principal components kept per layer (fitted on the training folds only).
+    hidden: MLP width; 0 = linear softmax. Full-batch AdamW for `epochs` steps.
+    """
+
+    hidden: int = 32
+    components: int = 64
+    epochs: int = 100
+    lr: float = 3e-2
+    weight_decay: float = 1e-2
+    folds: int = 5
+    bootstrap: int = 1000
+    seed: int = 0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ProbeScore:
+    """One probe's cross-validated result.
+
+    target: what was probed: "self:3" / "cross:3" (a layer's maps) or "text" (the prompt embedding).
+    accuracy: balanced accuracy of the out-of-fold predictions; ci: its 95 % cluster-bootstrap interval.
+    control: balanced accuracy of the same probe on the control task (labels permuted between prompts).
+    """
+
+    attribute: str
+    target: str
+    probe: str
+    accuracy: float
+    ci: tuple[float, float]
+    control: float
+    chance: float
+    n_prompts: int
+    n_groups: int
+
+    @property
+    def selectivity(self) -> float:
+        return self.accuracy - self.control
+
+    def to_json(self) -> dict:
+        return {**asdict(self), "ci": list(self.ci)}
+
+    @classmethod
+    def from_json(cls, data: dict) -> ProbeScore:
+        return cls(**{**data, "ci": tuple(data["ci"])})
+
+
+# ---- projection and batched training ----------------------------------------------------------
+@dataclass
+class Projection:
+    """Centre, project on the leading principal components, scale to unit variance: (n, F) -> (n, d)."""
+
+    mean: torch.Tensor        # (F,)
+    components: torch.Tensor  # (F, d)
+    scale: torch.Tensor       # (d,)
+
+    @classmethod
+    def fit(cls, x: torch.Tensor, n_components: int, seed: int) -> Projection:
+        mean = x.mean(0)
+        centred = x - mean
+        q = max(1, min(n_components, x.shape[0] - 1, x.shape[1]))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            _, _, v = torch.pca_lowrank(centred, q=q, center=False, niter=3)
+        projected = centred @ v
+        return cls(mean, v, projected.std(0).clamp_min(1e-6))
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) @ self.components / self.scale
+
+
+def _pad_columns(z: torch.Tensor, width: int) -> torch.Tensor:
+    return F.pad(z, (0, width - z.shape[-1])) if z.shape[-1] < width else z
+
+
+def _init_weights(n_probes: int, d: int, hidden: int, n_classes: int, generator: torch.Generator) -> list[torch.Tensor]:
+    sizes = [d, hidden, n_classes] if hidden else [d, n_classes]
+    weights = []
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+        bound = 1.0 / fan_in ** 0.5
+        weights.append((torch.rand(n_probes, fan_in, fan_out, generator=generator) * 2 - 1) * bound)
+        weights.append(torch.zeros(n_probes, 1, fan_out))
+    return [w.requires_grad_() for w in weights]
+
+
+def _logits(weights: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+    """(P, n, d) -> (P, n, C) through [W1, b1, (W2, b2)]: linear, or one ReLU hidden layer."""
+    out = torch.baddbmm(weights[1], z, weights[0])
+    if len(weights) == 4:
+        out = torch.baddbmm(weights[3], torch.relu(out), weights[2])
+    return out
+
+
+def _sample_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Per-probe weights that make every present class count equally and each probe's weights sum to 1."""
+    counts = F.one_hot(y, n_classes).sum(1, keepdim=True).float()  # (P, 1, C)
+    present = (counts > 0).sum(-1).clamp_min(1)                     # (P, 1)
+    per_sample = counts.squeeze(1).gather(1, y)                     # (P, n)
+    return 1.0 / (per_sample * present)
+
+
+def train_batched(z: torch.Tensor, y: torch.Tensor, n_classes: int, hidden: int, settings: ProbeSettings,
+                  generator: torch.Generator) -> list[torch.Tensor]:
+    """Fit P independent probes at once: z (P, n, d) float, y (P, n) class indices -> weights."""
+    weights = _init_weights(z.shape[0], z.shape[-1], hidden, n_classes, generator)
+    optimiser = torch.optim.AdamW(weights, lr=settings.lr, weight_decay=settings.weight_decay)
+    sample_weights = _sample_weights(y, n_classes)
+    with torch.enable_grad():
+        for _ in range(settings.epochs):
+            optimiser.zero_grad(set_to_none=True)
+            logits = _logits(weights, z)
+            loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (P, n)
+            (loss * sample_weights).sum().backward()
+            optimiser.step()
+    return [w.detach() for w in weights]
+
+
+# ---- metrics ----------------------------------------------------------------------------------
+def balanced_accuracy(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> float:
+    """Mean recall over the classes present in `y` (chance = 1 / number of classes)."""
+    correct, total = _class_counts(y, predicted, n_classes)
+    present = total > 0
+    return float((correct[present] / total[present]).mean())
+
+
+def _class_counts(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    total = np.bincount(y, minlength=n_classes).astype(float)
+    correct = np.bincount(y[predicted == y], minlength=n_classes).astype(float)
+    return correct, total
+
+
+def cluster_bootstrap_ci(y: np.ndarray, predicted: np.ndarray, groups: np.ndarray, n_classes: int,
+                         n_resamples: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of the balanced accuracy when whole groups (templates) are resampled."""
+    names = np.unique(groups)
+    per_group = [_class_counts(y[groups == g], predicted[groups == g], n_classes) for g in names]
+    correct = np.stack([c for c, _ in per_group])  # (G, C)
+    total = np.stack([t for _, t in per_group])
+    multiplicity = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=n_resamples)  # (B, G)
+    correct_b, total_b = multiplicity @ correct, multiplicity @ total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        recall = np.where(total_b > 0, correct_b / total_b, np.nan)
+    scores = np.nanmean(recall, axis=1)
+    tail = (1 - level) / 2
+    return float(np.quantile(scores, tail)), float(np.quantile(scores, 1 - tail))
+
+
+def grouped_folds(groups: np.ndarray, n_folds: int) -> list[np.ndarray]:
+    """Test indices of each fold; every group (template) lies in exactly one test fold."""
+    n_groups = len(np.unique(groups))
+    if n_groups < 2:
+        raise MelodiaError(f"grouped cross-validation needs prompts from >= 2 templates, got {n_groups}; "
+                           "use a prompt set with several templates (template ids are kept in the store)")
+    splitter = GroupKFold(n_splits=min(n_folds, n_groups))
+    return [test for _, test in splitter.split(np.zeros(len(groups)), groups=groups)]
+
+
+def encode_labels(values: list[str]) -> tuple[np.ndarray, list[str]]:
+    """String labels -> (class indices, sorted class names)."""
+    classes = sorted(set(values))
+    index = {c: i for i, c in enumerate(classes)}
+    return np.asarray([index[v] for v in values], dtype=np.int64), classes
+
+
+# ---- cross-validated probing of many feature sets -------------------------------------------
+PROBE_KINDS = {"mlp": None, "linear": 0}  # hidden width: None = the settings' MLP width
+
+
+def probe_features(features: dict[str, np.ndarray], labels: dict[str, list[str]], groups: np.ndarray,
+                   settings: ProbeSettings = ProbeSettings(), probes: tuple[str, ...] = ("mlp", "linear"),
+                   progress=None) -> list[ProbeScore]:
+    """Cross-validate one probe per (feature set, attribute, probe kind), plus its control task.
+
+    `features`: target name -> (n_prompts, n_features); `labels`: attribute -> one label per prompt;
+    `groups`: template id per prompt (the folds never split a template). `progress(n)` is called
+    after each fold. Deterministic for a given `settings.seed`.
+    """
+    groups = np.asarray(groups)
+    names = list(features)
+    n = len(groups)
+    if any(len(features[k]) != n for k in names) or any(len(v) != n for v in labels.values()):
+        raise ValueError(f"every feature set and label list needs one row per prompt ({n})")
+    rng = np.random.default_rng(settings.seed)
+    encoded = {a: encode_labels(v) for a, v in labels.items()}
+    control = {a: rng.permutation(y) for a, (y, _) in encoded.items()}  # permuted between prompts
+    out_of_fold = {(a, p, c): np.full((len(names), n), -1) for a in labels for p in probes for c in (False, True)}
+    generator = torch.Generator().manual_seed(settings.seed)
+    tensors = {k: torch.as_tensor(np.asarray(v, np.float32)) for k, v in features.items()}
+    for fold, test in enumerate(grouped_folds(groups, settings.folds)):
+        train = np.setdiff1d(np.arange(n), test)
+        projections = [Projection.fit(tensors[k][train], settings.components, settings.seed + fold) for k in names]
+        width = max(p.components.shape[1] for p in projections)
+        z_train = torch.stack([_pad_columns(p(tensors[k][train]), width) for p, k in zip(projections, names)])
+        z_test = torch.stack([_pad_columns(p(tensors[k][test]), width) for p, k in zip(projections, names)])
+        for attribute, (y, classes) in encoded.items():
+            targets = torch.as_tensor(np.stack([y[train]] * len(names) + [control[attribute][train]] * len(names)))
+            for probe in probes:
+                hidden = settings.hidden if PROBE_KINDS[probe] is None else PROBE_KINDS[probe]
+                weights = train_batched(torch.cat([z_train, z_train]), targets, len(classes), hidden, settings,
+                                        generator)
+                predicted = _logits(weights, torch.cat([z_test, z_test])).argmax(-1).numpy()
+                out_of_fold[attribute, probe, False][:, test] = predicted[: len(names)]
+                out_of_fold[attribute, probe, True][:, test] = predicted[len(names):]
+        if progress is not None:
+            progress(1)
+    scores = []
+    for attribute, (y, classes) in encoded.items():
+        for probe in probes:
+            for i, name in enumerate(names):
+                predicted = out_of_fold[attribute, probe, False][i]
+                ci = cluster_bootstrap_ci(y, predicted, groups, len(classes), settings.bootstrap, rng)
+                control_accuracy = balanced_accuracy(control[attribute], out_of_fold[attribute, probe, True][i],
+                                                     len(classes))
+                scores.append(ProbeScore(attribute, name, probe, balanced_accuracy(y, predicted, len(classes)), ci,
+                                         control_accuracy, 1 / len(classes), n, len(np.unique(groups))))
+    return scores
+
+
+# ---- one fitted probe, as an estimator --------------------------------------------------------
+@dataclass
+class MLPProbe:
+    """A single probe with the scikit-learn estimator API (fit / predict / predict_proba / score).
+
+    Saved without pickle: weights as safetensors, settings and class names as JSON.
+
+    Examples:
+        >>> probe = MLPProbe(ProbeSettings(hidden=0)).fit(X, labels)      # linear baseline
+        >>> probe.save("probe_self3"); MLPProbe.load("probe_self3").predict(X[:2])
+    """
+
+    settings: ProbeSettings = field(default_factory=ProbeSettings)
+    classes_: list[str] = field(default_factory=list)
+    projection_: Projection | None = None
+    weights_: list[torch.Tensor] = field(default_factory=list)
+
+    def fit(self, x: np.ndarray, y: list[str] | np.ndarray, groups=None) -> MLPProbe:
+        """Fit on all rows (`groups` is accepted for scikit-learn compatibility and not used)."""
+        indices, self.classes_ = encode_labels([str(v) for v in y])
+        features = torch.as_tensor(np.asarray(x, np.float32))
+        self.projection_ = Projection.fit(features, self.settings.components, self.settings.seed)
+        generator = torch.Generator().manual_seed(self.settings.seed)
+        z = self.projection_(features)[None]
+        self.weights_ = train_batched(z, torch.as_tensor(indices)[None], len(self.classes_), self.settings.hidden,
+                                      self.settings, generator)
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Differentiable raw features (n, F) -> logits (n, C): what attribution methods call."""
+        if self.projection_ is None:
+            raise RuntimeError("MLPProbe is not fitted: call fit() first")
+        return _logits(self.weights_, self.projection_(x)[None])[0]
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(self.forward(torch.as_tensor(np.asarray(x, np.float32))), -1).numpy()
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return np.asarray(self.classes_)[self.predict_proba(x).argmax(-1)]
+
+    def score(self, x: np.ndarray, y) -> float:
+        """Balanced accuracy on (x, y)."""
+        index = {c: i for i, c in enumerate(self.classes_)}
+        truth = np.asarray([index.get(str(v), -1) for v in y])
+        predicted = self.predict_proba(x).argmax(-1)
+        known = truth >= 0
+        return balanced_accuracy(truth[known], predicted[known], len(self.classes_))
+
+    def save(self, path: str | Path) -> None:
+        """Write `path`.safetensors (tensors) and `path`.json (settings, classes)."""
+        if self.projection_ is None:
+            raise RuntimeError("MLPProbe is not fitted: nothing to save")
+        path = Path(path)
+        tensors = {"mean": self.projection_.mean, "components": self.projection_.components,
+                   "scale": self.projection_.scale, **{f"w{i}": w[0].contiguous() for i, w in enumerate(self.weights_)}}
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(path.with_suffix(".safetensors")))
+        meta = {"format": PROBE_FORMAT, "version": 1, "settings": self.settings.to_json(), "classes": self.classes_}
+        path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> MLPProbe:
+        path = Path(path)
+        meta = json.loads(path.with_suffix(".json").read_text())
+        if meta.get("format") != PROBE_FORMAT:
+            raise MelodiaError(f"{path.with_suffix('.json')} is not a melodia probe")
+        tensors = load_file(str(path.with_suffix(".safetensors")))
+        n_weights = sum(k.startswith("w") for k in tensors)
+        probe = cls(ProbeSettings(**meta["settings"]), list(meta["classes"]))
+        probe.projection_ = Projection(tensors["mean"], tensors["components"], tensors["scale"])
+        probe.weights_ = [tensors[f"w{i}"][None] for i in range(n_weights)]
+        return probe
+

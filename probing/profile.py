@@ -1,0 +1,192 @@
+"""LayerProfile: what every attention layer encodes, as versioned JSON, and the editor's layer choice.
+
+A profile holds one cross-validated `ProbeScore` per (attribute, target, probe kind): targets are
+"self:L" / "cross:L" (layer L's maps) and "text" (the prompt embedding alone), plus the same probes
+on a randomly initialised denoiser's maps when that baseline was captured. `select_edit_layers`
+turns it into the self-attention band Melodia injects, with the reasons.
+
+Schema (version 1): {"format": "melodia.layer_profile", "version": 1, "model", "n_layers",
+"attributes": {name: [classes]}, "settings": {...}, "scores": [ProbeScore...],
+"random_denoiser": [ProbeScore...]}; a ProbeScore is {"attribute", "target", "probe", "accuracy",
+"ci": [lo, hi], "control", "chance", "n_prompts", "n_groups"}. Accuracies are balanced accuracies.
+
+Examples:
+    >>> profile = build_profile(open_capture("maps.zarr"))
+    >>> profile.save("profile.json")
+    >>> print(LayerProfile.load("profile.json").select_edit_layers().explain())
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from probing.errors import MelodiaError
+from probing.features import layer_features, text_features
+from probing.paths import atomic_output
+from probing.probes import ProbeScore, ProbeSettings, probe_features
+from probing.store import CaptureStore
+
+PROFILE_FORMAT = "melodia.layer_profile"
+PROFILE_VERSION = 1
+DEFAULT_BAND_FRACTION = 7 / 16  # AudioLDM 2's documented default, self:8-14 of 16 layers
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """The self-attention layers to inject, as a layer spec, with the rule's reasons."""
+
+    spec: str
+    layers: tuple[int, ...]
+    reasons: tuple[str, ...]
+
+    def explain(self) -> str:
+        return f"selected {self.spec}\n" + "\n".join(f"  - {r}" for r in self.reasons)
+
+
+@dataclass
+class LayerProfile:
+    """Probe scores of every layer x kind x attribute of one model (see the module docstring)."""
+
+    model: str
+    n_layers: int
+    attributes: dict[str, list[str]]
+    scores: list[ProbeScore]
+    random_denoiser: list[ProbeScore] = field(default_factory=list)
+    settings: dict = field(default_factory=dict)
+
+    # ---- reading ---------------------------------------------------------------------------
+    def score(self, attribute: str, target: str, probe: str = "mlp", random_denoiser: bool = False) -> ProbeScore | None:
+        """The score of one probe, or None when it was not run."""
+        pool = self.random_denoiser if random_denoiser else self.scores
+        return next((s for s in pool if (s.attribute, s.target, s.probe) == (attribute, target, probe)), None)
+
+    def curve(self, attribute: str, kind: str, probe: str = "mlp", random_denoiser: bool = False,
+              value: str = "accuracy") -> np.ndarray:
+        """`value` ("accuracy", "control", "ci_low", "ci_high") per layer 1..n_layers (NaN where not probed)."""
+        out = np.full(self.n_layers, np.nan)
+        for layer in range(1, self.n_layers + 1):
+            s = self.score(attribute, f"{kind}:{layer}", probe, random_denoiser)
+            if s is not None:
+                out[layer - 1] = {"accuracy": s.accuracy, "control": s.control, "ci_low": s.ci[0],
+                                  "ci_high": s.ci[1]}[value]
+        return out
+
+    def decodability(self, kind: str = "self", probe: str = "mlp") -> np.ndarray:
+        """Per layer, the most decodable attribute's accuracy rescaled so chance = 0 and perfect = 1."""
+        rescaled = []
+        for attribute, classes in self.attributes.items():
+            chance = 1 / len(classes)
+            rescaled.append(np.clip((self.curve(attribute, kind, probe) - chance) / (1 - chance), 0, 1))
+        return np.fmax.reduce(np.stack(rescaled), axis=0) if rescaled else np.full(self.n_layers, np.nan)  # NaN: not probed
+
+    # ---- the editor's layer choice ---------------------------------------------------------
+    def select_edit_layers(self, width: int | None = None) -> LayerSelection:
+        """The contiguous band of self-attention layers where the attributes are least decodable.
+
+        Rule: score each layer by its self-attention decodability (max over attributes of the MLP
+        probe's balanced accuracy, rescaled chance -> 0, perfect -> 1); choose the band of `width`
+        layers (default: 7/16 of the layers, AudioLDM 2's default band width) with the lowest mean;
+        ties go to the deeper band (decoder side). Injecting source Q/K there carries the source's
+        structure with the least of its instrument, style and mood. Deterministic.
+        """
+        scores = self.decodability("self")
+        probed = ~np.isnan(scores)
+        if not probed.any():
+            raise MelodiaError("the profile has no self-attention probe scores; capture self-attention layers "
+                               "(--layers * or self:*) and probe again")
+        width = width or max(1, round(self.n_layers * DEFAULT_BAND_FRACTION))
+        width = min(width, self.n_layers)
+        filled = np.where(probed, scores, 1.0)  # an unprobed layer is never preferred
+        means = [filled[start:start + width].mean() for start in range(self.n_layers - width + 1)]
+        best = min(range(len(means)), key=lambda start: (round(means[start], 9), -start))
+        layers = tuple(range(best + 1, best + width + 1))
+        outside = np.delete(filled, np.arange(best, best + width))
+        cross = self.decodability("cross")
+        reasons = (
+            "self-attention decodability per layer (0 = chance, 1 = perfect): "
+            + ", ".join(f"{i + 1}:{v:.2f}" for i, v in enumerate(scores) if not np.isnan(v)),
+            f"band {layers[0]}-{layers[-1]} ({width} layers) has the lowest mean, {means[best]:.2f}"
+            + (f", vs {outside.mean():.2f} outside it" if outside.size else ""),
+            f"cross-attention decodability, for comparison: mean {np.nanmean(cross):.2f}"
+            if not np.isnan(cross).all() else "no cross-attention scores in the profile",
+            "decodable is not the same as used: check the band with `melodia bench --ablation layers`",
+        )
+        return LayerSelection(f"self:{layers[0]}-{layers[-1]}", layers, reasons)
+
+    # ---- JSON ------------------------------------------------------------------------------
+    def to_json(self) -> dict:
+        return {"format": PROFILE_FORMAT, "version": PROFILE_VERSION, "model": self.model, "n_layers": self.n_layers,
+                "attributes": self.attributes, "settings": self.settings,
+                "scores": [s.to_json() for s in self.scores],
+                "random_denoiser": [s.to_json() for s in self.random_denoiser]}
+
+    @classmethod
+    def from_json(cls, data: dict) -> LayerProfile:
+        if data.get("format") != PROFILE_FORMAT:
+            raise MelodiaError("not a melodia layer profile (no 'format': 'melodia.layer_profile')")
+        if data.get("version") != PROFILE_VERSION:
+            raise MelodiaError(f"layer profile version {data.get('version')} is not supported "
+                               f"(this melodia reads version {PROFILE_VERSION})")
+        return cls(data["model"], int(data["n_layers"]), {k: list(v) for k, v in data["attributes"].items()},
+                   [ProbeScore.from_json(s) for s in data["scores"]],
+                   [ProbeScore.from_json(s) for s in data.get("random_denoiser", [])], dict(data.get("settings", {})))
+
+    def save(self, path: str | Path) -> None:
+        """Write the JSON atomically (never half-written)."""
+        with atomic_output(path, ".json") as tmp:
+            Path(tmp).write_text(json.dumps(self.to_json(), indent=1))
+
+    @classmethod
+    def load(cls, path: str | Path) -> LayerProfile:
+        path = Path(path)
+        if not path.is_file():
+            raise MelodiaError(f"layer profile {path} does not exist (make one with `melodia probe STORE -o {path}`)")
+        try:
+            data = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise MelodiaError(f"layer profile {path} is not JSON") from None
+        return cls.from_json(data)
+
+
+def _labelled(store: CaptureStore, attributes: list[str] | None) -> dict[str, list[str]]:
+    labels = store.labels if attributes is None else {a: store.labels[a] for a in attributes if a in store.labels}
+    missing = sorted(set(attributes or []) - set(store.labels))
+    if missing or not labels:
+        raise MelodiaError(f"{store.url} has no labels {missing or ''} to probe (it was captured from a "
+                           f"plain prompt list?); capture a YAML prompt set such as datasets/probing/testbed.yaml")
+    return labels
+
+
+def _probe_store(store: CaptureStore, labels: dict[str, list[str]], settings: ProbeSettings,
+                 steps: tuple[int, ...] | None, with_text: bool, progress) -> list[ProbeScore]:
+    features = {f.name: f.values for f in layer_features(store, steps)}
+    text = text_features(store) if with_text else None
+    if text is not None:
+        features["text"] = text
+    return probe_features(features, labels, store.template_ids, settings, progress=progress)
+
+
+def build_profile(store: CaptureStore, settings: ProbeSettings = ProbeSettings(),
+                  random_store: CaptureStore | None = None, attributes: list[str] | None = None,
+                  steps: tuple[int, ...] | None = None, progress=None) -> LayerProfile:
+    """Probe every (layer, kind) x attribute of `store` (and of `random_store`, the random-denoiser
+    baseline captured from the same prompts) into a LayerProfile."""
+    labels = _labelled(store, attributes)
+    if random_store is not None:
+        if random_store.prompts != store.prompts:
+            raise MelodiaError(f"{random_store.url} holds other prompts than {store.url}; capture the random "
+                               "baseline from the same prompt set")
+        if random_store.identity.get("random_denoiser") is None:
+            raise MelodiaError(f"{random_store.url} was not captured with --random-denoiser")
+    scores = _probe_store(store, labels, settings, steps, True, progress)
+    random_scores = [] if random_store is None else _probe_store(random_store, labels, settings, steps, False, progress)
+    table = store.attrs.get("layer_table", {})
+    n_layers = table.get("n_layers") or max(s.attrs["layer"] for s in store.specs if "layer" in s.attrs)
+    classes = {a: sorted(set(v)) for a, v in labels.items()}
+    meta = {"probe": settings.to_json(), "steps_pooled": "all" if steps is None else list(steps),
+            "store": store.url, "prompt_set": store.attrs.get("prompt_set"), "capture": store.identity,
+            "random_store": None if random_store is None else random_store.url}
+    return LayerProfile(store.identity.get("model", "?"), int(n_layers), classes, scores, random_scores, meta)

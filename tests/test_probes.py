@@ -1,0 +1,105 @@
+"""Probes: grouped splits, balanced accuracy and its bootstrap CI, control task, estimator, attribution."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from probing.attribution import layer_attribution, map_attribution
+from probing.errors import MelodiaError
+from probing.features import LayerFeatures
+from probing.probes import (MLPProbe, ProbeSettings, balanced_accuracy, cluster_bootstrap_ci, grouped_folds,
+                            probe_features)
+
+FAST = ProbeSettings(hidden=32, components=16, epochs=80, bootstrap=200)
+
+
+def labelled_features(n: int = 240, n_classes: int = 4, signal: float = 3.0, dims: int = 40, seed: int = 0):
+    """Features whose first `n_classes` columns carry a one-hot label (times `signal`) over unit noise."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, n_classes, n)
+    x = rng.normal(size=(n, dims)).astype(np.float32)
+    x[:, :n_classes] += signal * np.eye(n_classes)[y]
+    groups = np.arange(n) % 8  # 8 "templates"
+    return x, [f"c{v}" for v in y], groups
+
+
+def test_grouped_folds_never_put_one_template_on_both_sides():
+    groups = np.random.default_rng(1).integers(0, 7, 200)
+    folds = grouped_folds(groups, 5)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(200))  # every prompt tested exactly once
+    for test in folds:
+        train = np.setdiff1d(np.arange(200), test)
+        assert not set(groups[test]) & set(groups[train])
+
+
+def test_grouped_folds_need_two_templates():
+    with pytest.raises(MelodiaError, match="2 templates"):
+        grouped_folds(np.zeros(10, int), 5)
+
+
+def test_balanced_accuracy_weighs_every_class_equally():
+    y = np.array([0, 0, 0, 0, 0, 0, 1, 1])
+    always_zero = np.zeros(8, int)
+    assert (always_zero == y).mean() == 0.75 and balanced_accuracy(y, always_zero, 2) == 0.5
+    assert balanced_accuracy(y, y, 2) == 1.0
+
+
+def test_cluster_bootstrap_ci_brackets_the_estimate_and_is_degenerate_when_perfect():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 300)
+    groups = np.arange(300) % 10
+    noisy = np.where(rng.random(300) < 0.6, y, rng.integers(0, 3, 300))
+    low, high = cluster_bootstrap_ci(y, noisy, groups, 3, 500, np.random.default_rng(0))
+    assert low < balanced_accuracy(y, noisy, 3) < high and high - low < 0.3
+    assert cluster_bootstrap_ci(y, y, groups, 3, 100, np.random.default_rng(0)) == (1.0, 1.0)
+
+
+def test_probes_read_a_decodable_layer_and_the_control_task_stays_at_chance():
+    x, y, groups = labelled_features()
+    noise = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
+    scores = {(s.target, s.probe): s for s in probe_features({"signal": x, "noise": noise}, {"a": y}, groups, FAST)}
+    for probe in ("mlp", "linear"):
+        signal = scores["signal", probe]
+        assert signal.accuracy > 0.8 and signal.ci[0] > 0.7
+        assert abs(signal.control - 0.25) < 0.12 and signal.selectivity > 0.6  # permuted labels: nothing to learn
+        assert scores["noise", probe].accuracy < 0.4 and signal.chance == 0.25
+
+
+def test_probing_is_deterministic_for_a_seed():
+    x, y, groups = labelled_features(signal=0.8)
+    first = probe_features({"l": x}, {"a": y}, groups, FAST)
+    assert first == probe_features({"l": x}, {"a": y}, groups, FAST)
+
+
+def test_a_saved_probe_predicts_the_same_and_is_not_a_pickle(tmp_path):
+    x, y, _ = labelled_features()
+    probe = MLPProbe(FAST).fit(x, y)
+    probe.save(tmp_path / "p")
+    loaded = MLPProbe.load(tmp_path / "p")
+    np.testing.assert_array_equal(loaded.predict(x), probe.predict(x))
+    assert probe.score(x, y) > 0.9 and loaded.classes_ == ["c0", "c1", "c2", "c3"]
+    assert json.loads((tmp_path / "p.json").read_text())["format"] == "melodia.probe"
+    assert (tmp_path / "p.safetensors").read_bytes()[:1] != b"\x80"  # not a pickle stream
+
+
+def test_map_attribution_finds_the_cells_that_carry_the_label():
+    rng = np.random.default_rng(0)
+    n, grid, keys = 200, (4, 2), 3
+    y = rng.integers(0, 2, n)
+    maps = rng.normal(size=(n, 8, keys)).astype(np.float32) * 0.3
+    maps[:, 5, 1] += 2.0 * y  # query cell (time 2, freq 1), key 1 holds the label
+    labels = [str(v) for v in y]
+    probe = MLPProbe(FAST).fit(maps.reshape(n, -1), labels)
+    heat = map_attribution(probe, maps.reshape(n, -1), labels, grid)
+    assert heat.shape == (4, 2, keys)
+    assert np.unravel_index(heat.argmax(), heat.shape) == (2, 1, 1)
+
+
+def test_layer_attribution_credits_the_layer_that_carries_the_label():
+    x, y, _ = labelled_features(dims=12)
+    noise = np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
+    layers = [LayerFeatures(1, "self", ("a",), noise), LayerFeatures(2, "cross", ("b",), x)]
+    drops = layer_attribution(layers, y, FAST)
+    assert drops["cross:2"] > 0.3 and abs(drops["self:1"]) < 0.1

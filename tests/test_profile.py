@@ -1,0 +1,131 @@
+"""LayerProfile: JSON round trip, the layer-selection rule, and `melodia probe` end to end."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from editing.cli import main
+from editing.editor import Melodia
+from probing.capture import CaptureSettings, capture, pooled_text_embedding
+from probing.errors import MelodiaError
+from probing.features import TEXT_EMBEDDING, layer_features
+from probing.probes import ProbeScore
+from probing.profile import LayerProfile, build_profile
+from probing.prompts import load_prompts
+from probing.store import open_capture
+
+
+def synthetic_profile(self_accuracy: list[float], cross_accuracy: float = 0.9) -> LayerProfile:
+    """A profile of len(self_accuracy) layers, one 4-class attribute, the given accuracies."""
+    scores = []
+    for layer, accuracy in enumerate(self_accuracy, start=1):
+        for kind, value in (("self", accuracy), ("cross", cross_accuracy)):
+            for probe in ("mlp", "linear"):
+                scores.append(ProbeScore("instrument", f"{kind}:{layer}", probe, value, (value - 0.05, value + 0.05),
+                                         0.25, 0.25, 64, 8))
+    scores.append(ProbeScore("instrument", "text", "mlp", 0.95, (0.9, 1.0), 0.25, 0.25, 64, 8))
+    return LayerProfile("m", len(self_accuracy), {"instrument": ["a", "b", "c", "d"]}, scores)
+
+
+def test_profile_json_round_trips(tmp_path):
+    profile = synthetic_profile([0.3, 0.6, 0.25, 0.9])
+    profile.save(tmp_path / "p.json")
+    loaded = LayerProfile.load(tmp_path / "p.json")
+    assert loaded == profile and loaded.to_json() == json.loads((tmp_path / "p.json").read_text())
+    assert loaded.curve("instrument", "self").tolist() == [0.3, 0.6, 0.25, 0.9]
+
+
+def test_selection_picks_the_least_decodable_self_band_with_reasons():
+    accuracy = [0.9, 0.8, 0.3, 0.26, 0.27, 0.8, 0.9, 0.9]
+    selection = synthetic_profile(accuracy).select_edit_layers(width=3)
+    assert selection.spec == "self:3-5" and selection.layers == (3, 4, 5)
+    assert "band 3-5" in selection.explain() and "3:0.07" in selection.reasons[0]
+    assert synthetic_profile(accuracy).select_edit_layers(width=3) == selection  # deterministic
+
+
+def test_selection_ties_go_to_the_deeper_band_and_width_defaults_to_seven_of_sixteen():
+    flat = synthetic_profile([0.25] * 16)
+    assert flat.select_edit_layers().spec == "self:10-16"
+
+
+def test_loading_a_non_profile_fails_in_one_line(tmp_path):
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    with pytest.raises(MelodiaError, match="not a melodia layer profile"):
+        LayerProfile.load(tmp_path / "x.json")
+    with pytest.raises(MelodiaError, match="does not exist"):
+        LayerProfile.load(tmp_path / "missing.json")
+
+
+@pytest.fixture(scope="module")
+def small_store(untrained_testbed, tmp_path_factory) -> str:
+    url = str(tmp_path_factory.mktemp("probe") / "s.zarr")
+    prompts = load_prompts("testbed-small.yaml")
+    subset = type(prompts)(prompts.prompts[:40], {k: v[:40] for k, v in prompts.labels.items()},
+                           prompts.template_ids[:40], "small40")
+    capture(untrained_testbed, subset, url, CaptureSettings(layers="1-3", steps=2), progress=False)
+    return url
+
+
+def test_a_store_holds_the_text_embedding_and_one_feature_matrix_per_layer_and_kind(small_store, untrained_testbed):
+    store = open_capture(small_store)
+    layers = layer_features(store)
+    assert [f.name for f in layers] == ["self:1", "cross:1", "self:2", "cross:2", "self:3", "cross:3"]
+    assert layers[0].values.shape == (40, 64 * 64) and layers[1].values.shape == (40, 64 * 16)
+    embedding = store.read(TEXT_EMBEDDING)
+    assert embedding.shape[0] == 40
+    np.testing.assert_allclose(embedding[3], pooled_text_embedding(untrained_testbed, store.prompts[3]), rtol=1e-6)
+    assert not np.allclose(embedding[0], pooled_text_embedding(untrained_testbed, "a sad waltz on violin"))
+
+
+def test_melodia_probe_writes_profile_and_plot_and_edit_uses_its_selection(small_store, tmp_path, capsys,
+                                                                           untrained_testbed_dir):
+    profile_path, plot_path = tmp_path / "profile.json", tmp_path / "profile.png"
+    assert main(["probe", small_store, "-o", str(profile_path), "--plot", str(plot_path), "--folds", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "selected self:" in out and "text embedding alone" in out
+    profile = LayerProfile.load(profile_path)
+    assert {s.target for s in profile.scores} == {"self:1", "cross:1", "self:2", "cross:2", "self:3", "cross:3", "text"}
+    assert set(profile.attributes) == {"instrument", "style", "mood"} and plot_path.stat().st_size > 20_000
+    for score in profile.scores:
+        assert 0 <= score.ci[0] <= score.ci[1] <= 1 and score.n_groups == 10
+    assert main(["layers", untrained_testbed_dir, "--profile", str(profile_path)]) == 0
+    assert profile.select_edit_layers().spec in capsys.readouterr().out
+
+
+def test_auto_layers_come_from_the_profile_when_given(untrained_testbed):
+    profile = synthetic_profile([0.3] * 7 + [0.9] * 9)
+    editor = Melodia(untrained_testbed, profile=profile)
+    assert editor.auto_layers() == "self:1-7" == profile.select_edit_layers().spec
+    assert [m.layer for m in editor.injected_modules("auto")] == list(range(1, 8))
+    assert [m.layer for m in Melodia(untrained_testbed).injected_modules("auto")] == list(range(8, 15))
+    with pytest.raises(MelodiaError, match="4 layers"):
+        Melodia(untrained_testbed, profile=synthetic_profile([0.3] * 4)).injected_modules("auto")
+
+
+def test_probe_refuses_a_store_without_labels(untrained_testbed, tmp_path, capsys):
+    from probing.prompts import PromptSet
+
+    url = str(tmp_path / "plain.zarr")
+    capture(untrained_testbed, PromptSet(["a", "b"], {}, [-1, -1]), url, CaptureSettings(layers="1", steps=1),
+            progress=False)
+    assert main(["probe", url, "-o", str(tmp_path / "p.json")]) == 2
+    assert "no labels" in capsys.readouterr().err and not (tmp_path / "p.json").exists()
+
+
+def test_random_denoiser_capture_differs_and_restores_the_trained_weights(untrained_testbed, tmp_path):
+    prompts = load_prompts("testbed-small.yaml")
+    prompts = type(prompts)(prompts.prompts[:6], {k: v[:6] for k, v in prompts.labels.items()}, prompts.template_ids[:6])
+    before = {k: v.clone() for k, v in untrained_testbed.denoiser.state_dict().items()}
+    settings = CaptureSettings(layers="self:2", steps=1, random_denoiser=0)
+    random_store = capture(untrained_testbed, prompts, str(tmp_path / "r.zarr"), settings, progress=False)
+    after = untrained_testbed.denoiser.state_dict()
+    assert all(np.array_equal(before[k], after[k]) for k in before)
+    trained_store = capture(untrained_testbed, prompts, str(tmp_path / "t.zarr"),
+                            CaptureSettings(layers="self:2", steps=1), progress=False)
+    assert random_store.identity["random_denoiser"] == 0
+    name = random_store.specs[0].name
+    assert not np.allclose(random_store.read(name, [0]), trained_store.read(name, [0]))
+    with pytest.raises(MelodiaError, match="not captured with --random-denoiser"):
+        build_profile(random_store, random_store=trained_store)
