@@ -31,7 +31,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--random-baseline", metavar="STORE", help="store captured with --random-denoiser")
     parser.add_argument("--attributes", help="comma-separated labels to probe (default: all in the store)")
     parser.add_argument("--steps", default="all", help="stored step indices to pool, e.g. 0,1 (default all)")
-    parser.add_argument("--hidden", type=int, default=None, help="MLP width (default 32; 0 = linear only)")
+    parser.add_argument("--hidden", type=int, default=None, help="MLP width (default 32; 0 makes the MLP probe linear too)")
     parser.add_argument("--components", type=int, default=None, help="principal components per layer (default 64)")
     parser.add_argument("--folds", type=int, default=None, help="grouped CV folds (default 5)")
     parser.add_argument("--seed", type=int, default=0)
