@@ -9,12 +9,12 @@ import argparse
 import os
 import sys
 
-from editing.commands import capture, demo, edit, generate, layers, probe, synth
+from editing.commands import bench, capture, demo, edit, generate, layers, probe, synth
 from editing.commands import eval as eval_command  # plain `eval` would shadow the builtin
 from probing.errors import MelodiaError
 from probing.store import NotACaptureStoreError, StoreMismatchError
 
-COMMANDS = (demo, synth, generate, layers, capture, probe, edit, eval_command)
+COMMANDS = (demo, synth, generate, layers, capture, probe, edit, eval_command, bench)
 USER_ERRORS = (MelodiaError, StoreMismatchError, NotACaptureStoreError, FileNotFoundError)
 
 

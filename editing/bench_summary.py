@@ -1,0 +1,197 @@
+"""Benchmark summary: per condition the mean and 95 % CI over items, ASB/AMB across conditions; CSV, Markdown, PNG.
+
+Reads bench.json and every rows file of a benchmark folder (all ranks), so it runs once after a
+sharded run as well. The CI is Student's t on the items' values (NaN values dropped, none for
+n < 2). ASB and AMB are the paper's balance scores (`editing.metrics.balance`), computed from the
+conditions' means where every condition has both inputs; "AMB (classifier)" is the testbed's
+stand-in with the independent classifier's adherence in place of CLAP.
+
+Examples:
+    >>> summary = summarize("results/")        # writes results/summary.csv, summary.md, summary.png
+    >>> print(summary.markdown)
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from editing.benchmark import METRIC_FIELDS, PLAN_FILE, read_rows
+from editing.metrics import adherence_musicality_balance, adherence_structure_balance
+from probing.errors import MelodiaError
+from probing.paths import atomic_output
+
+TABLE_METRICS = {  # shown in the Markdown table and the plot: label, higher is better
+    "clap": ("CLAP", True), "lpaps": ("LPAPS", False), "chroma": ("Chroma", True),
+    "adherence": ("Classifier", True), "ideal_log_mel_distance": ("Log-mel to ideal", False),
+    "ideal_chroma_similarity": ("Chroma to ideal", True)}
+BALANCES: dict[str, tuple[str, Callable, str, str]] = {
+    "asb": ("ASB", adherence_structure_balance, "clap", "lpaps"),
+    "amb": ("AMB", adherence_musicality_balance, "clap", "chroma"),
+    "amb_classifier": ("AMB (classifier)", adherence_musicality_balance, "adherence", "chroma")}
+NEEDS = {"clap": "--clap CHECKPOINT", "lpaps": "--lpaps WEIGHTS", "adherence": "synthesized (testbed) items"}
+
+
+@dataclass
+class Summary:
+    """One record per (group, condition): n, <metric>_mean, <metric>_ci95 and the balance scores; notes."""
+
+    records: list[dict]
+    notes: list[str]
+    markdown: str
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
+    """Mean, half-width of the 95 % Student-t interval, and n, over the finite values."""
+    from scipy.stats import t
+
+    finite = np.asarray([v for v in values if v is not None and math.isfinite(v)], dtype=np.float64)
+    if finite.size == 0:
+        return math.nan, math.nan, 0
+    if finite.size == 1:
+        return float(finite[0]), math.nan, 1
+    half = t.ppf(0.975, finite.size - 1) * finite.std(ddof=1) / math.sqrt(finite.size)
+    return float(finite.mean()), float(half), int(finite.size)
+
+
+def summarize(out: str | Path, plot: bool = True) -> Summary:
+    """Summarize the benchmark folder `out`: summary.csv, summary.md and (with `plot`) summary.png."""
+    out = Path(out)
+    if not (out / PLAN_FILE).is_file():
+        raise MelodiaError(f"{out} holds no benchmark run (no {PLAN_FILE}): run `melodia bench MANIFEST -o {out}`")
+    plan = json.loads((out / PLAN_FILE).read_text())
+    rows = read_rows(out)
+    if not rows:
+        raise MelodiaError(f"{out} holds no finished edits yet: run or resume `melodia bench` first")
+    records, notes = summary_records(rows, expected=len(plan["items"]))
+    summary = Summary(records, notes, markdown(records, notes, plan))
+    _write_csv(records, out / "summary.csv")
+    with atomic_output(out / "summary.md", ".md") as tmp:
+        Path(tmp).write_text(summary.markdown)
+    if plot:
+        plot_summary([r for r in records if r["group"] == "all"], out / "summary.png",
+                     title=f"{plan['manifest']} on {plan['model']}")
+    return summary
+
+
+def summary_records(rows: list[dict], expected: int | None = None) -> tuple[list[dict], list[str]]:
+    """Records for the group "all" and, with several categories, each category; notes on what is missing."""
+    conditions = list(dict.fromkeys(row["condition"] for row in rows))
+    categories = list(dict.fromkeys(row["category"] for row in rows))
+    records, notes = [], []
+    for group in ["all", *(categories if len(categories) > 1 else [])]:
+        chosen = [row for row in rows if group == "all" or row["category"] == group]
+        block = [_record(group, [row for row in chosen if row["condition"] == c]) for c in conditions]
+        block = [record for record in block if record is not None]
+        group_notes = _add_balances(block)
+        if group == "all":
+            notes += group_notes
+            notes += [f"{r['condition']}: {r['n']} of {expected} items done (resume the run, or wait for every "
+                      "rank)" for r in block if expected and r["n"] < expected]
+        records += block
+    return records, notes
+
+
+def _record(group: str, rows: list[dict]) -> dict | None:
+    if not rows:
+        return None
+    record = {"group": group, "condition": rows[0]["condition"], "method": rows[0]["method"],
+              "layers": rows[0]["layers"], "n": len(rows)}
+    for metric in (*METRIC_FIELDS, "seconds"):
+        mean, half, _ = mean_ci([float(row[metric]) if row[metric] else math.nan for row in rows])
+        record[f"{metric}_mean"], record[f"{metric}_ci95"] = mean, half
+    return record
+
+
+def _add_balances(block: list[dict]) -> list[str]:
+    """Set each balance score on the records of one group; notes for the ones that cannot be computed."""
+    notes = []
+    for key, (label, balance, a, b) in BALANCES.items():
+        inputs = [[record[f"{metric}_mean"] for record in block] for metric in (a, b)]
+        scores = [math.nan] * len(block)
+        if not all(math.isfinite(v) for values in inputs for v in values):
+            notes.append(f"{label} not computed: it needs {a} and {b} for every condition "
+                         f"({', '.join(NEEDS[m] for m in (a, b) if m in NEEDS)})")
+        else:
+            try:
+                scores = [float(s) for s in balance(*inputs)]
+            except MelodiaError as error:
+                notes.append(f"{label} not computed: {error}")
+        for record, score in zip(block, scores):
+            record[key] = score
+    return notes
+
+
+def markdown(records: list[dict], notes: list[str], plan: dict) -> str:
+    """The paper-style table per group: mean +- 95 % CI per metric, then ASB/AMB and seconds per edit."""
+    edit = plan["edit"]
+    lines = [f"# {plan['manifest']}: {plan['study']} on {plan['model']}", "",
+             f"steps {edit['steps']}, t_start {edit['t_start']}, guidance {edit['guidance']}, seed {edit['seed']}; "
+             "mean ± 95 % CI over items; ↑ higher is better, ↓ lower is better.", ""]
+    for group in dict.fromkeys(r["group"] for r in records):
+        block = [r for r in records if r["group"] == group]
+        metrics = [m for m in TABLE_METRICS if any(math.isfinite(r[f"{m}_mean"]) for r in block)]
+        balances = [k for k in BALANCES if any(math.isfinite(r[k]) for r in block)]
+        header = ["Method", "Layers", "n", *(_label(TABLE_METRICS[m]) for m in metrics),
+                  *(BALANCES[k][0] + " ↑" for k in balances), "s / edit"]
+        lines += [f"## {group}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for r in block:
+            cells = [r["condition"], f"`{r['layers']}`", str(r["n"]),
+                     *(_cell(r[f"{m}_mean"], r[f"{m}_ci95"]) for m in metrics),
+                     *(f"{r[k]:.2f}" for k in balances), f"{r['seconds_mean']:.1f}"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines.append("")
+    lines += [f"- {note}" for note in notes]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _label(spec: tuple[str, bool]) -> str:
+    return f"{spec[0]} {'↑' if spec[1] else '↓'}"
+
+
+def _cell(mean: float, half: float) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    return f"{mean:.3f}" + (f" ± {half:.3f}" if math.isfinite(half) else "")
+
+
+def _write_csv(records: list[dict], path: Path) -> None:
+    with atomic_output(path, ".csv") as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(records[0]), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: "" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+                         for r in records)  # empty: not computed, as in the rows
+
+
+def plot_summary(records: list[dict], path: str | Path, title: str = "") -> Path:
+    """One bar chart per metric (and balance score) with a bar per condition and its 95 % CI."""
+    from probing.plots import _pyplot, save_figure
+
+    panels = [(m, _label(TABLE_METRICS[m]), f"{m}_mean", f"{m}_ci95") for m in TABLE_METRICS
+              if any(math.isfinite(r[f"{m}_mean"]) for r in records)]
+    panels += [(k, BALANCES[k][0] + " ↑", k, None) for k in BALANCES if any(math.isfinite(r[k]) for r in records)]
+    plt = _pyplot()
+    columns = max(1, min(3, len(panels)))
+    rows = max(1, math.ceil(len(panels) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    names = [r["condition"] for r in records]
+    for ax, (_, label, mean_key, ci_key) in zip(axes.flat, panels):
+        errors = [r[ci_key] if ci_key and math.isfinite(r[ci_key]) else 0.0 for r in records]
+        ax.bar(range(len(records)), [r[mean_key] for r in records], yerr=errors, capsize=3,
+               color=[f"C{i}" for i in range(len(records))])
+        ax.set_xticks(range(len(records)), names, rotation=30, ha="right")
+        ax.set_title(label)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    figure.suptitle(title)
+    figure.tight_layout()
+    try:
+        save_figure(figure, path)
+    finally:
+        plt.close(figure)
+    return Path(path)

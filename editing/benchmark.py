@@ -1,0 +1,271 @@
+"""Run edit methods over a benchmark manifest: one CSV row per (item, condition), resumable and sharded.
+
+A *condition* is one column of the comparison: a method (melodia, ddim, sdedit, ddpm-friendly)
+or, for the layer ablation, melodia with one layer spec. Items run in manifest order, each
+condition in turn; every row is appended and flushed whole (a torn last line from a killed run is
+cut off on the next open), so `resume=True` skips exactly the rows already on disk. Under torchrun
+(RANK / WORLD_SIZE set) each rank takes items[rank::world] and writes rows.rank<R>.csv;
+`editing.bench_summary.summarize` merges every rows file of the folder.
+
+Examples:
+    >>> plan = BenchPlan(load_manifest("testbed"), method_conditions(["melodia", "ddim"]), model="testbed")
+    >>> run_benchmark(plan, Melodia(load_model("testbed")), "results/", Scorer.load())   # -> results/rows.csv
+    >>> summarize("results/")                         # editing.bench_summary: summary.csv, .md, .png
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from editing.manifests import CATEGORIES, EditItem, Manifest, SynthClip
+from editing.metrics import ClapEmbedder, LPAPSNet, MissingWeightsError, score_edit
+from probing.errors import MelodiaError
+from probing.paths import atomic_output
+
+PLAN_FILE = "bench.json"
+ABLATION_LAYERS = (("none", "none"), ("all", "self:*"), ("6-16", "self:6-16"), ("8-14", "self:8-14"),
+                   ("10-12", "self:10-12"))  # the paper's layer ablation; "auto" is added from a profile
+METRIC_FIELDS = ("clap", "lpaps", "chroma", "adherence", "ideal_log_mel_distance", "ideal_chroma_similarity",
+                 "classifier_instrument", "classifier_style", "classifier_mood")
+ROW_FIELDS = ("item", "category", "condition", "method", "layers", "seconds", *METRIC_FIELDS)
+_COMPARED = ("study", "manifest", "model", "edit", "metrics")  # what a resumed run must share with bench.json
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One compared column: its name in the tables, the edit method and the injected layer spec."""
+
+    name: str
+    method: str
+    layers: str
+
+
+def method_conditions(methods: Sequence[str], layers: str = "auto") -> list[Condition]:
+    """One condition per method; `layers` applies to melodia, the baselines inject nothing."""
+    from editing.editor import METHODS
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods or len(set(methods)) < len(methods):
+        raise MelodiaError(f"--methods takes distinct names from {', '.join(METHODS)}; got {','.join(methods)}")
+    return [Condition(m, m, layers if m == "melodia" else "none") for m in methods]
+
+
+def ablation_conditions(auto_spec: str | None = None) -> list[Condition]:
+    """The paper's layer ablation with melodia (none, all, 6-16, 8-14, 10-12), plus `auto` when a spec is given."""
+    rows = [*ABLATION_LAYERS, *([("auto", auto_spec)] if auto_spec else [])]
+    return [Condition(name, "melodia", spec) for name, spec in rows]
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """The settings every edit of a run shares (`Melodia.edit` arguments)."""
+
+    t_start: float = 0.6
+    steps: int = 50
+    guidance: float = 3.5
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    """What a run compares: the manifest's chosen items x conditions, the model and the edit settings."""
+
+    manifest: Manifest
+    conditions: Sequence[Condition]
+    model: str
+    edit: EditOptions = EditOptions()
+    items: Sequence[EditItem] | None = None  # default: every item of the manifest
+    study: str = "methods"  # or "layers" (the ablation)
+    metrics: dict = field(default_factory=dict)  # weights used: {"clap": name, "lpaps": file}
+
+    @property
+    def chosen(self) -> list[EditItem]:
+        return list(self.manifest.items if self.items is None else self.items)
+
+    def to_json(self) -> dict:
+        return {"format": "melodia.bench", "study": self.study, "manifest": self.manifest.name,
+                "manifest_file": str(self.manifest.path), "model": self.model, "edit": asdict(self.edit),
+                "metrics": self.metrics, "conditions": [asdict(c) for c in self.conditions],
+                "items": [item.id for item in self.chosen]}
+
+
+@dataclass(frozen=True)
+class Shard:
+    """This process's slice of the items: items[rank::world]."""
+
+    rank: int = 0
+    world: int = 1
+
+    @classmethod
+    def from_env(cls) -> Shard:
+        """RANK and WORLD_SIZE as torchrun sets them; one shard when they are absent."""
+        from probing.capture import distributed_rank
+
+        try:
+            rank, world = distributed_rank()
+        except ValueError:
+            raise MelodiaError("RANK and WORLD_SIZE must be integers (as torchrun sets them)") from None
+        if not 0 <= rank < world:
+            raise MelodiaError(f"RANK {rank} is outside 0..WORLD_SIZE-1 (WORLD_SIZE {world})")
+        return cls(rank, world)
+
+    @property
+    def rows_name(self) -> str:
+        return "rows.csv" if self.world == 1 else f"rows.rank{self.rank}.csv"
+
+
+class _AbsentClap(ClapEmbedder):
+    """Stands in for CLAP when no checkpoint is given, so score_edit reports it unavailable (never loads one)."""
+
+    def __init__(self):  # no model: score() is all score_edit calls
+        self.name = "none"
+
+    def score(self, waves, sr, texts) -> np.ndarray:
+        raise MissingWeightsError("no CLAP checkpoint given (--clap)")
+
+
+@dataclass
+class Scorer:
+    """The per-edit metrics of a run: editing.metrics.score_edit with the weights given (CLAP, LPAPS) or none."""
+
+    clap: ClapEmbedder | None = None
+    lpaps: LPAPSNet | None = None
+    classifier: object = None
+
+    @classmethod
+    def load(cls, clap: str | None = None, lpaps: str | None = None) -> Scorer:
+        from editing.metrics import load_clap, load_lpaps
+        from probing.synth.classifier import default_classifier
+
+        return cls(load_clap(clap) if clap else None, load_lpaps(lpaps) if lpaps else None, default_classifier())
+
+    def score(self, item: EditItem, source: np.ndarray, edited: np.ndarray, ideal: np.ndarray | None,
+              sr: int) -> dict[str, float | None]:
+        """METRIC_FIELDS of one edit (None where a metric cannot run); classifier columns for synth items only."""
+        scores = score_edit(source, edited, sr, item.target_prompt, clap=self.clap or _AbsentClap(),
+                            lpaps=self.lpaps, ideal=ideal, classifier=self.classifier)
+        values = {name: score.get("value") for name, score in scores.items()}
+        synthetic = isinstance(item.source, SynthClip)
+        values["adherence"] = values.get(f"classifier_{CATEGORIES[item.category]}") if synthetic else None
+        return {name: None if name.startswith("classifier_") and not synthetic else values.get(name)
+                for name in METRIC_FIELDS}
+
+
+def run_benchmark(plan: BenchPlan, editor, out: str | Path, scorer: Scorer, *, shard: Shard = Shard(),
+                  resume: bool = False, data_dir: str | Path | None = None, save_audio: bool = False,
+                  progress: bool = True) -> Path:
+    """Edit and score this shard's items under every condition, appending rows; returns the rows file.
+
+    Raises:
+        MelodiaError: the rows file exists and `resume` is False; the folder holds a run with other
+            settings; a data file is missing or fails its checksum.
+    """
+    from tqdm import tqdm
+
+    out = Path(out)
+    mine = plan.chosen[shard.rank::shard.world]
+    folder = plan.manifest.check_files(mine, data_dir)
+    rows_path = out / shard.rows_name
+    if rows_path.exists() and not resume:
+        raise MelodiaError(f"{rows_path} exists: pass --resume to continue that run, or choose another -o folder")
+    _record_plan(plan, out)
+    done = {(row["item"], row["condition"]) for row in read_rows(out)}
+    sr = editor.model.sample_rate
+    label = plan.manifest.name + (f" rank {shard.rank}/{shard.world}" if shard.world > 1 else "")
+    with RowWriter(rows_path) as writer:
+        for item in tqdm(mine, desc=label, unit="item", disable=not progress):
+            todo = [c for c in plan.conditions if (item.id, c.name) not in done]
+            if not todo:
+                continue
+            source, ideal = plan.manifest.source_audio(item, sr, folder), plan.manifest.ideal_audio(item, sr)
+            if save_audio:
+                _save(out, item, {"source": source, "ideal": ideal}, sr)
+            for condition in todo:
+                start = time.perf_counter()
+                edited = editor.edit(source, item.target_prompt, method=condition.method, layers=condition.layers,
+                                     **asdict(plan.edit)).audio
+                seconds = time.perf_counter() - start
+                if save_audio:
+                    _save(out, item, {condition.name: edited}, sr)
+                writer.write({"item": item.id, "category": item.category, "condition": condition.name,
+                              "method": condition.method, "layers": condition.layers, "seconds": seconds,
+                              **scorer.score(item, source, edited, ideal, sr)})
+    return rows_path
+
+
+def _record_plan(plan: BenchPlan, out: Path) -> None:
+    """Write bench.json; a folder holding a run with other settings is refused, not mixed."""
+    path = out / PLAN_FILE
+    current = plan.to_json()
+    if path.is_file():
+        previous = json.loads(path.read_text())
+        changed = [key for key in _COMPARED if previous.get(key) != current[key]]
+        if changed:
+            raise MelodiaError(f"{out} holds a benchmark run with other {', '.join(changed)} (see {path}); "
+                               "use another -o folder")
+    with atomic_output(path, ".json") as tmp:
+        Path(tmp).write_text(json.dumps(current, indent=1))
+
+
+def _save(out: Path, item: EditItem, clips: dict[str, np.ndarray | None], sr: int) -> None:
+    from editing.audio import write_wav
+
+    for name, wave in clips.items():
+        if wave is not None:
+            write_wav(out / "audio" / item.id / f"{name}.wav", wave, sr)
+
+
+class RowWriter:
+    """Appends rows to a CSV, each written whole and flushed; a torn last line is cut off when opened."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    def __enter__(self) -> RowWriter:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+", newline="", encoding="utf-8")
+        self._file.seek(0)
+        text = self._file.read()
+        complete = text[: text.rfind("\n") + 1]
+        if len(complete) < len(text):
+            self._file.truncate(len(complete.encode("utf-8")))
+        if complete and complete.partition("\n")[0] != ",".join(ROW_FIELDS):
+            self._file.close()
+            raise MelodiaError(f"{self.path} has other columns than this melodia writes; use another -o folder")
+        self._writer = csv.DictWriter(self._file, fieldnames=ROW_FIELDS, lineterminator="\n")
+        if not complete:
+            self._writer.writeheader()
+        return self
+
+    def write(self, row: dict) -> None:
+        self._writer.writerow({key: "" if row.get(key) is None else row[key] for key in ROW_FIELDS})
+        self._file.flush()
+        os.fsync(self._file.fileno())
+
+    def __exit__(self, *exc) -> None:
+        self._file.close()
+
+
+def rows_files(out: str | Path) -> list[Path]:
+    """Every rows file of a benchmark folder: rows.csv and the ranks' rows.rank<R>.csv, in rank order."""
+    return sorted(Path(out).glob("rows*.csv"), key=lambda p: (len(p.name), p.name))
+
+
+def read_rows(out: str | Path) -> list[dict]:
+    """The complete rows of every rows file (a torn last line is ignored); the first of duplicate keys kept."""
+    rows, seen = [], set()
+    for path in rows_files(out):
+        text = path.read_text(encoding="utf-8")
+        for row in csv.DictReader(text[: text.rfind("\n") + 1].splitlines()):
+            key = (row["item"], row["condition"])
+            if key not in seen:
+                seen.add(key)
+                rows.append(row)
+    return rows

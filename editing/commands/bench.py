@@ -1,0 +1,125 @@
+"""`melodia bench`: edit every item of a benchmark manifest with several methods (or layer bands) and tabulate."""
+from __future__ import annotations
+
+import math
+import sys
+
+from editing.commands.common import add_model_argument, formatter, print_json
+
+DEFAULT_METHODS = "melodia,ddim,sdedit,ddpm-friendly"
+HELP = f"""Run edit methods over a benchmark manifest; write one row per (item, method), then the summary.
+
+MANIFEST is a shipped name (testbed, musicdelta, melodiaedit, zome-bench; datasets/editing/) or a
+YAML file. testbed renders every source and its ideal edit with the synthesizer (no download);
+the others read audio files from --data-dir (the manifest says what to download). Each edit is
+scored with the metrics that can run here: chroma to the source; on the testbed, the classifier's
+adherence and the log-mel and chroma distance to the ideal; CLAP and LPAPS only with --clap and
+--lpaps. Writes into -o DIR: rows.csv (appended and flushed per edit), bench.json (the settings),
+summary.csv, summary.md (mean ± 95 % CI per method, ASB/AMB across methods) and summary.png.
+
+--ablation layers runs melodia with the paper's layer bands: none, all (self:*), 6-16, 8-14,
+10-12, and auto (the band --profile selects; skipped without --profile).
+--resume skips the edits already in DIR. Under torchrun (RANK, WORLD_SIZE) each rank edits
+items[rank::world] into rows.rank<R>.csv; then --summarize merges them. Details: docs/cli/bench.md.
+
+examples:
+  melodia bench testbed -o results/testbed --limit 8 --steps 25
+  melodia bench testbed --methods {DEFAULT_METHODS} -o results/testbed --resume
+  melodia bench testbed --ablation layers --category timbre --profile profile.json -o results/ablation
+  melodia bench musicdelta --data-dir ~/MedleyDB/Audio --model cvssp/audioldm2-music --clap clap/ \\
+      --lpaps lpaps.pth -o results/musicdelta
+  torchrun --nproc-per-node 2 -m editing.cli bench testbed -o results/testbed
+  melodia bench --summarize -o results/testbed
+"""
+
+
+def add_parser(sub) -> None:
+    parser = sub.add_parser("bench", help="benchmark edit methods (or layer bands) on a manifest", **formatter(HELP))
+    parser.add_argument("manifest", nargs="?", help="benchmark manifest: shipped name or YAML file")
+    parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (rows, summary, plot)")
+    parser.add_argument("--methods", help=f"comma-separated methods (default {DEFAULT_METHODS})")
+    parser.add_argument("--ablation", choices=["layers"], help="the layer ablation with melodia instead of methods")
+    add_model_argument(parser)
+    parser.add_argument("--layers", default="auto", help="melodia's layer spec (default auto: --profile's band, "
+                        "else the model's default)")
+    parser.add_argument("--profile", metavar="JSON", help="layer profile (`melodia probe`): the auto band")
+    parser.add_argument("--category", help="only these categories, comma-separated: timbre, style, mood")
+    parser.add_argument("--limit", type=_positive, metavar="N", help="only the first N items (after --category)")
+    parser.add_argument("--data-dir", metavar="DIR", help="folder holding the manifest's audio files")
+    parser.add_argument("--t-start", type=float, default=0.6, help="inverted fraction of the schedule, (0, 1]")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=3.5)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--clap", metavar="CHECKPOINT", help="CLAP checkpoint (folder or cached id): adds CLAP")
+    parser.add_argument("--lpaps", metavar="WEIGHTS", help="LPAPS weights file: adds LPAPS")
+    parser.add_argument("--resume", action="store_true", help="continue the run in DIR, skipping finished edits")
+    parser.add_argument("--summarize", action="store_true", help="only (re)write the summary of DIR")
+    parser.add_argument("--save-audio", action="store_true", help="also write DIR/audio/<item>/<method>.wav")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(run=run)
+
+
+def _positive(text: str) -> int:
+    import argparse
+
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
+def run(args) -> None:
+    from editing.bench_summary import summarize
+    from editing.benchmark import BenchPlan, EditOptions, Scorer, Shard, run_benchmark
+    from editing.editor import Melodia
+    from editing.manifests import load_manifest
+    from probing.errors import MelodiaError
+    from probing.models import load_model
+    from probing.profile import LayerProfile
+
+    if not args.summarize:
+        if not args.manifest:
+            raise MelodiaError("give a MANIFEST (e.g. testbed), or --summarize -o DIR to summarize a finished run")
+        _check_options(args)
+        manifest = load_manifest(args.manifest)
+        categories = [c.strip() for c in args.category.split(",")] if args.category else None
+        items = manifest.select(categories, args.limit)
+        shard = Shard.from_env()
+        manifest.check_files(items[shard.rank::shard.world], args.data_dir)  # before the model loads
+        profile = LayerProfile.load(args.profile) if args.profile else None
+        scorer = Scorer.load(args.clap, args.lpaps)
+        editor = Melodia(load_model(args.model, device=args.device), profile=profile)
+        plan = BenchPlan(manifest, _conditions(args, editor), args.model,
+                         EditOptions(args.t_start, args.steps, args.guidance, args.seed), items,
+                         "layers" if args.ablation else "methods", {"clap": args.clap, "lpaps": args.lpaps})
+        rows = run_benchmark(plan, editor, args.out, scorer, shard=shard, resume=args.resume,
+                             data_dir=args.data_dir, save_audio=args.save_audio)
+        if shard.world > 1:
+            print(f"rank {shard.rank}: wrote {rows}; when every rank is done: melodia bench --summarize -o {args.out}")
+            return
+    summary = summarize(args.out)
+    if args.json:
+        records = [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+                   for r in summary.records]  # JSON has no NaN
+        print_json({"out": args.out, "records": records, "notes": summary.notes})
+        return
+    print(summary.markdown, end="")
+    print(f"wrote {args.out}/summary.csv, summary.md, summary.png")
+
+
+def _check_options(args) -> None:
+    from probing.errors import MelodiaError
+
+    if args.ablation and (args.methods or args.layers != "auto"):
+        raise MelodiaError("--ablation layers runs melodia with each layer band: drop --methods and --layers")
+
+
+def _conditions(args, editor) -> list:
+    """The compared columns: the methods, or the layer ablation ("auto" only with a profile)."""
+    from editing.benchmark import ablation_conditions, method_conditions
+
+    if args.ablation:
+        if editor.profile is None:
+            print("melodia bench: the 'auto' row is skipped: give --profile (from `melodia probe`)", file=sys.stderr)
+        return ablation_conditions(editor.auto_layers() if editor.profile else None)
+    layers = editor.auto_layers() if args.layers == "auto" else args.layers
+    return method_conditions((args.methods or DEFAULT_METHODS).split(","), layers)

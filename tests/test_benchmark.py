@@ -1,0 +1,244 @@
+"""`melodia bench`: manifests, rows that survive interruption, resume, shards, the summary and the layer ablation."""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from editing.benchmark import ROW_FIELDS, RowWriter, read_rows
+from editing.cli import main
+from editing.editor import Melodia
+from editing.manifests import AudioFile, SynthClip, load_manifest
+from probing.errors import MelodiaError
+from probing.probes import ProbeScore
+from probing.profile import LayerProfile
+
+TINY = ["--limit", "2", "--steps", "2"]
+
+
+def bench(capsys, *args) -> tuple[int, str, str]:
+    code = main(["bench", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line_error(code: int, err: str, *needles: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("melodia bench: error: "), err
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+def rows_of(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture()
+def count_edits(monkeypatch) -> list[tuple[str, str]]:
+    """Every Melodia.edit call as (method, layers); the edits still run."""
+    calls, original = [], Melodia.edit
+
+    def counted(self, wave, prompt, method="melodia", layers="auto", **options):
+        calls.append((method, layers))
+        return original(self, wave, prompt, method=method, layers=layers, **options)
+
+    monkeypatch.setattr(Melodia, "edit", counted)
+    return calls
+
+
+def test_the_testbed_manifest_has_ground_truth_for_64_edits():
+    manifest = load_manifest("testbed")
+    assert len(manifest.items) >= 64 and len({i.id for i in manifest.items}) == len(manifest.items)
+    assert {i.category for i in manifest.items} == {"timbre", "style", "mood"}
+    for item in manifest.items:
+        assert isinstance(item.source, SynthClip) and item.ideal.score_seed == item.source.score_seed
+        changed = {a for a in ("instrument", "style", "mood") if getattr(item.source, a) != getattr(item.ideal, a)}
+        assert changed == {{"timbre": "instrument"}.get(item.category, item.category)}, item.id
+        assert getattr(item.ideal, changed.pop()) in item.target_prompt
+    assert len({i.source.instrument for i in manifest.items[:16]}) == 16  # --limit 16 meets every instrument
+
+
+def test_file_manifests_point_at_user_data_without_invented_checksums():
+    for name, count in (("musicdelta", 105), ("melodiaedit", 24)):
+        manifest = load_manifest(name)
+        assert len(manifest.items) == count and manifest.download and manifest.clip_seconds == 10.0
+        assert all(isinstance(i.source, AudioFile) and i.source.sha256 is None for i in manifest.items)
+    with pytest.raises(MelodiaError, match="lists no items yet; download the dataset"):
+        load_manifest("zome-bench")
+
+
+ITEM = "{id: a, category: timbre, target_prompt: violin, source: {instrument: piano, style: waltz, mood: happy, score_seed: 1}}"
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("name: x\nitems: [{id: a, category: tempo, target_prompt: v, source: {file: a.wav}}]", "category 'tempo'"),
+    ("name: x\nitems: [{id: a, category: timbre, source: {file: a.wav}}]", "missing target_prompt"),
+    ("name: x\nitems: [{id: a, category: timbre, target_prompt: v, source: {instrument: kazoo, style: waltz, "
+     "mood: sad, score_seed: 1}}]", "unknown instrument 'kazoo'"),
+    (f"name: x\nitems: [{ITEM}, {ITEM}]", "item id 'a' appears twice"),
+    ("name: x\ndownload: get it\nitems: [{id: a, category: mood, target_prompt: v, source: {file: a.wav, "
+     "sha256: abc}}]", "sha256 must be 64"),
+    ("name: x\ndownload: get it\nitems: [{id: a, category: mood, target_prompt: v, source: {file: ../a.wav}}]",
+     "without '..'"),
+    ("name: x\nitems: [{id: a, category: mood, target_prompt: v, source: {file: a.wav}}]", "need 'download'"),
+    ("name: x\nitems: [{id: a, category: mood, target_prompt: v, colour: red, source: {file: a.wav}}]",
+     "unknown key colour"),
+    ("name: [unclosed", "not valid YAML")])
+def test_a_bad_manifest_is_refused_in_one_line(capsys, tmp_path, text, needle):
+    manifest = tmp_path / "bad.yaml"
+    manifest.write_text(text)
+    code, _, err = bench(capsys, str(manifest), "-o", str(tmp_path / "out"))
+    assert_one_line_error(code, err, str(manifest), needle)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture()
+def file_manifest(tmp_path) -> tuple[Path, Path]:
+    """A one-item manifest over data/clips/a.wav, with the wav's true sha256."""
+    data = tmp_path / "data"
+    (data / "clips").mkdir(parents=True)
+    t = np.arange(3 * 16000) / 16000
+    sf.write(data / "clips" / "a.wav", 0.3 * np.sin(2 * np.pi * 220 * t), 16000)
+    checksum = hashlib.sha256((data / "clips" / "a.wav").read_bytes()).hexdigest()
+    manifest = tmp_path / "mine.yaml"
+    manifest.write_text(f"name: mine\ndownload: fetch a.wav from the lab share into DIR/clips\nclip_seconds: 2\n"
+                        f"items: [{{id: a, category: timbre, target_prompt: violin, "
+                        f"source: {{file: clips/a.wav, sha256: {checksum}}}}}]\n")
+    return manifest, data
+
+
+@pytest.mark.parametrize("data_dir, needle", [
+    (None, "mine: no --data-dir given; fetch a.wav from the lab share"),
+    ("nowhere", "mine: data folder"),
+    ("empty", "mine: clips/a.wav is missing under"),
+    ("changed", "does not match the manifest's sha256")])
+def test_missing_or_changed_data_is_refused_in_one_line(capsys, tmp_path, file_manifest, data_dir, needle):
+    manifest, data = file_manifest
+    (tmp_path / "empty").mkdir()
+    if data_dir == "changed":
+        sf.write(data / "clips" / "a.wav", np.full(16000, 0.1), 16000)
+    folder = {"nowhere": tmp_path / "nowhere", "empty": tmp_path / "empty", "changed": data}.get(data_dir)
+    code, _, err = bench(capsys, str(manifest), "-o", str(tmp_path / "out"),
+                         *(["--data-dir", str(folder)] if folder else []))
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_file_with_its_checksum_is_read_and_cut_to_clip_seconds(file_manifest):
+    manifest_file, data = file_manifest
+    manifest = load_manifest(manifest_file)
+    assert manifest.check_files(manifest.items, data) == data.resolve()
+    assert manifest.source_audio(manifest.items[0], 16000, data).shape == (2 * 16000,)
+
+
+def test_a_tiny_bench_writes_rows_summary_table_and_plot_and_resumes_without_editing(
+        capsys, tmp_path, untrained_testbed_dir, count_edits):
+    out = tmp_path / "out"
+    code, stdout, err = bench(capsys, "testbed", "--model", untrained_testbed_dir, *TINY,
+                              "--methods", "melodia,ddim", "-o", str(out))
+    assert code == 0, err
+    rows = rows_of(out / "rows.csv")
+    items = [item.id for item in load_manifest("testbed").items[:2]]
+    assert [(r["item"], r["condition"]) for r in rows] == [(i, m) for i in items for m in ("melodia", "ddim")]
+    assert [r["layers"] for r in rows[:2]] == ["self:8-14", "none"] and len(count_edits) == 4
+    for row in rows:
+        assert row["clap"] == row["lpaps"] == ""  # no weights given: unavailable, never a number
+        assert all(0 <= float(row[m]) <= 1 for m in ("chroma", "adherence", "ideal_chroma_similarity"))
+        assert float(row["ideal_log_mel_distance"]) > 0 and row["adherence"] == row["classifier_instrument"]
+    summary = {r["condition"]: r for r in rows_of(out / "summary.csv")}
+    assert list(summary) == ["melodia", "ddim"] and {r["n"] for r in summary.values()} == {"2"}
+    chroma = [float(r["chroma"]) for r in rows if r["condition"] == "ddim"]
+    assert float(summary["ddim"]["chroma_mean"]) == pytest.approx(np.mean(chroma))
+    assert float(summary["ddim"]["chroma_ci95"]) == pytest.approx(12.706 * np.std(chroma, ddof=1) / np.sqrt(2),
+                                                                   rel=1e-3)
+    markdown = (out / "summary.md").read_text()
+    assert "| Method | Layers | n | Chroma ↑ |" in markdown and "ASB not computed" in markdown
+    assert markdown in stdout and (out / "summary.png").stat().st_size > 10_000
+    assert summary["ddim"]["clap_mean"] == summary["ddim"]["asb"] == ""  # not computed: empty, never "nan"
+    code, stdout, _ = bench(capsys, "--summarize", "-o", str(out), "--json")
+    report = json.loads(stdout)
+    assert code == 0 and report["records"][0]["clap_mean"] is None and report["notes"][0].startswith("ASB")
+
+    before = (out / "rows.csv").read_bytes()
+    assert bench(capsys, "testbed", "--model", untrained_testbed_dir, *TINY, "--methods", "melodia,ddim",
+                 "-o", str(out), "--resume")[0] == 0
+    assert len(count_edits) == 4 and (out / "rows.csv").read_bytes() == before
+    code, _, err = bench(capsys, "testbed", "--model", untrained_testbed_dir, *TINY, "--methods", "melodia,ddim",
+                         "-o", str(out))
+    assert_one_line_error(code, err, "--resume")
+    code, _, err = bench(capsys, "testbed", "--model", untrained_testbed_dir, "--limit", "2", "--steps", "3",
+                         "--methods", "melodia,ddim", "-o", str(out), "--resume")
+    assert_one_line_error(code, err, "other edit")  # never mixes settings in one table
+
+
+def test_a_torn_last_row_is_cut_off_and_never_read(tmp_path):
+    path = tmp_path / "rows.csv"
+    whole = dict.fromkeys(ROW_FIELDS, "1") | {"item": "a", "condition": "ddim"}
+    with RowWriter(path) as writer:
+        writer.write(whole)
+    path.write_text(path.read_text() + "b,timbre,ddim,dd")  # killed while writing the next row
+    assert [(r["item"], r["condition"]) for r in read_rows(tmp_path)] == [("a", "ddim")]
+    with RowWriter(path) as writer:
+        writer.write(whole | {"item": "b"})
+    assert rows_of(path) == [whole, whole | {"item": "b"}]  # the torn bytes are gone, not glued to row b
+
+
+def test_ranks_edit_disjoint_items_and_the_summary_merges_them(capsys, monkeypatch, tmp_path, untrained_testbed_dir):
+    out = tmp_path / "out"
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    for rank in (0, 1):
+        monkeypatch.setenv("RANK", str(rank))
+        code, stdout, err = bench(capsys, "testbed", "--model", untrained_testbed_dir, *TINY, "--methods", "ddim",
+                                  "-o", str(out))
+        assert code == 0 and "--summarize" in stdout, err
+    first, second = load_manifest("testbed").items[:2]
+    assert [r["item"] for r in rows_of(out / "rows.rank0.csv")] == [first.id]
+    assert [r["item"] for r in rows_of(out / "rows.rank1.csv")] == [second.id]
+    assert not (out / "summary.csv").exists()
+    monkeypatch.delenv("RANK")
+    monkeypatch.delenv("WORLD_SIZE")
+    assert bench(capsys, "--summarize", "-o", str(out))[0] == 0
+    assert [(r["condition"], r["n"]) for r in rows_of(out / "summary.csv")] == [("ddim", "2")]
+
+
+def profile_selecting_2_to_8() -> LayerProfile:
+    """A 16-layer profile whose self-attention is least decodable in layers 2-8."""
+    scores = [ProbeScore("instrument", f"self:{layer}", "mlp", 0.3 if 2 <= layer <= 8 else 0.9, (0.2, 1.0), 0.25,
+                         0.25, 64, 8) for layer in range(1, 17)]
+    return LayerProfile("testbed", 16, {"instrument": ["a", "b", "c", "d"]}, scores)
+
+
+def test_the_layer_ablation_runs_the_paper_bands_and_auto_from_a_profile(
+        capsys, tmp_path, untrained_testbed_dir, count_edits):
+    profile_selecting_2_to_8().save(tmp_path / "profile.json")
+    out = tmp_path / "ablation"
+    code, _, err = bench(capsys, "testbed", "--ablation", "layers", "--model", untrained_testbed_dir, "--limit", "1",
+                         "--steps", "2", "--profile", str(tmp_path / "profile.json"), "-o", str(out))
+    assert code == 0, err
+    expected = [("none", "none"), ("all", "self:*"), ("6-16", "self:6-16"), ("8-14", "self:8-14"),
+                ("10-12", "self:10-12"), ("auto", "self:2-8")]
+    assert [(r["condition"], r["layers"]) for r in rows_of(out / "rows.csv")] == expected
+    assert count_edits == [("melodia", layers) for _, layers in expected]
+    assert [r["condition"] for r in rows_of(out / "summary.csv")] == [name for name, _ in expected]
+
+    code, _, err = bench(capsys, "testbed", "--ablation", "layers", "--model", untrained_testbed_dir, "--limit", "1",
+                         "--steps", "2", "--category", "style", "-o", str(tmp_path / "no-profile"))
+    assert code == 0 and "'auto' row is skipped" in err
+    assert [r["condition"] for r in rows_of(tmp_path / "no-profile" / "rows.csv")] == [n for n, _ in expected[:5]]
+    assert rows_of(tmp_path / "no-profile" / "rows.csv")[0]["category"] == "style"
+    code, _, err = bench(capsys, "testbed", "--ablation", "layers", "--methods", "ddim", "-o", str(tmp_path / "x"))
+    assert_one_line_error(code, err, "drop --methods")
+
+
+def test_bench_help_shows_examples(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "melodia bench testbed --ablation layers" in help_text and "--summarize -o results/testbed" in help_text
