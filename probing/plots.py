@@ -46,7 +46,8 @@ def plot_profile(profile: LayerProfile, path: str | Path | None = None, probe: s
     plt = _pyplot()
     layers = np.arange(1, profile.n_layers + 1)
     attributes = list(profile.attributes)
-    figure, axes = plt.subplots(1, len(attributes), figsize=(4.6 * len(attributes), 3.6), sharey=True, squeeze=False)
+    figure, axes = plt.subplots(1, len(attributes), figsize=(4.6 * len(attributes), 3.6), sharey=True, squeeze=False,
+                                layout="constrained")
     for ax, attribute in zip(axes[0], attributes):
         if selection:
             ax.axvspan(min(selection) - 0.5, max(selection) + 0.5, color="0.9", label="injected (self)")
@@ -73,8 +74,7 @@ def plot_profile(profile: LayerProfile, path: str | Path | None = None, probe: s
         ax.set_ylim(0, 1.02)
     axes[0][0].set_ylabel("balanced accuracy (grouped CV)")
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False,
-                  bbox_to_anchor=(0.5, -0.12))
+    figure.legend(handles, labels, loc="outside lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
     figure.suptitle(f"{profile.model}: what each attention layer encodes")
     return save_figure(figure, path)
 
@@ -89,10 +89,11 @@ def _mel_panel(ax, mel: np.ndarray, title: str = "spectrogram") -> None:
 def plot_cross_attention(token_maps: np.ndarray, tokens: list[str], mel: np.ndarray | None = None,
                          path: str | Path | None = None, title: str = ""):
     """Where each text token is attended: token_maps (tokens, time, freq), one panel per token,
-    each beside the spectrogram (time runs left to right, frequency upwards in every panel)."""
+    each beside the spectrogram `mel` (mel bands, frames); time runs left to right, frequency
+    upwards in every panel, and all token panels share one colour scale."""
     plt = _pyplot()
     panels = len(tokens) + (mel is not None)
-    figure, axes = plt.subplots(1, panels, figsize=(2.3 * panels, 2.8), squeeze=False)
+    figure, axes = plt.subplots(1, panels, figsize=(2.3 * panels, 2.8), squeeze=False, layout="constrained")
     axes = list(axes[0])
     if mel is not None:
         _mel_panel(axes.pop(0), mel)
@@ -115,7 +116,7 @@ def plot_self_attention(self_map: np.ndarray, grid: tuple[int, int], mel: np.nda
     time_steps, bands = grid
     query = query or (time_steps // 2, bands // 2)
     panels = 2 + (mel is not None)
-    figure, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 3.0), squeeze=False)
+    figure, axes = plt.subplots(1, panels, figsize=(3.4 * panels, 3.0), squeeze=False, layout="constrained")
     axes = list(axes[0])
     if mel is not None:
         _mel_panel(axes.pop(0), mel)

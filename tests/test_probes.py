@@ -97,9 +97,10 @@ def test_map_attribution_finds_the_cells_that_carry_the_label():
     assert np.unravel_index(heat.argmax(), heat.shape) == (2, 1, 1)
 
 
-def test_layer_attribution_credits_the_layer_that_carries_the_label():
-    x, y, _ = labelled_features(dims=12)
-    noise = np.random.default_rng(3).normal(size=x.shape).astype(np.float32)
+@pytest.mark.parametrize("held_out", [False, True])
+def test_layer_attribution_credits_the_layer_that_carries_the_label(held_out):
+    x, y, groups = labelled_features(dims=12)
+    noise = 30 * np.random.default_rng(3).normal(size=x.shape).astype(np.float32)  # louder, but uninformative
     layers = [LayerFeatures(1, "self", ("a",), noise), LayerFeatures(2, "cross", ("b",), x)]
-    drops = layer_attribution(layers, y, FAST)
+    drops = layer_attribution(layers, y, FAST, groups=groups if held_out else None)
     assert drops["cross:2"] > 0.3 and abs(drops["self:1"]) < 0.1
