@@ -10,15 +10,12 @@ from pathlib import Path
 import librosa
 import numpy as np
 
-from probing.paths import atomic_output
+from probing.plots import pyplot, save_figure
 
 
 def plot_spectrograms(clips: dict[str, np.ndarray], sr: int, path: str | Path, title: str = "") -> Path:
     """Log-mel spectrograms of `clips` side by side on one colour scale; written atomically as PNG."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     mels = {name: librosa.power_to_db(librosa.feature.melspectrogram(y=np.asarray(w, np.float32), sr=sr,
                                                                       n_fft=1024, hop_length=256, n_mels=64), ref=1.0)
             for name, w in clips.items()}
@@ -34,8 +31,7 @@ def plot_spectrograms(clips: dict[str, np.ndarray], sr: int, path: str | Path, t
     if title:
         fig.suptitle(title)
     try:
-        with atomic_output(path, ".png") as tmp:
-            fig.savefig(tmp, dpi=100)
+        save_figure(fig, path, dpi=100)
     finally:
         plt.close(fig)
     return Path(path)

@@ -20,6 +20,7 @@ from tqdm import tqdm
 
 from editing.inversion import ddim_invert, ddim_sample
 from probing.models import load_model
+from probing.plots import pyplot, save_figure
 from probing.synth import caption, class_lists, render_clip, templates
 from probing.synth.classifier import default_classifier
 
@@ -84,10 +85,7 @@ def reconstruction(model, sources: list[np.ndarray], steps: int) -> dict[str, fl
 
 
 def plot_confusion(truth: list[str], predicted: list[str], classes: list[str], path: Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     index = {c: i for i, c in enumerate(classes)}
     matrix = np.zeros((len(classes), len(classes)))
     for t, p in zip(truth, predicted):
@@ -102,15 +100,12 @@ def plot_confusion(truth: list[str], predicted: list[str], classes: list[str], p
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 
 def plot_loss(run: Path, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     with (run / "loss.csv").open() as f:
         rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
     steps, losses = np.array(rows).T
@@ -124,7 +119,7 @@ def plot_loss(run: Path, path: Path) -> None:
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    save_figure(fig, path)
     plt.close(fig)
 
 

@@ -20,7 +20,8 @@ from probing.profile import LayerProfile
 KIND_COLOURS = {"cross": "tab:blue", "self": "tab:orange"}
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot, on the Agg backend unless a notebook's inline backend is active."""
     import matplotlib
 
     if "ipykernel" not in matplotlib.get_backend().lower() and "inline" not in matplotlib.get_backend().lower():
@@ -43,7 +44,7 @@ def plot_profile(profile: LayerProfile, path: str | Path | None = None, probe: s
     """Balanced accuracy per layer, one panel per attribute: self vs cross with 95 % CIs, the linear
     probe (dashed), the control task (dotted), chance, the text-only and random-denoiser baselines,
     and the selected injection band (shaded)."""
-    plt = _pyplot()
+    plt = pyplot()
     layers = np.arange(1, profile.n_layers + 1)
     attributes = list(profile.attributes)
     figure, axes = plt.subplots(1, len(attributes), figsize=(4.6 * len(attributes), 3.6), sharey=True, squeeze=False,
@@ -91,7 +92,7 @@ def plot_cross_attention(token_maps: np.ndarray, tokens: list[str], mel: np.ndar
     """Where each text token is attended: token_maps (tokens, time, freq), one panel per token,
     each beside the spectrogram `mel` (mel bands, frames); time runs left to right, frequency
     upwards in every panel, and all token panels share one colour scale."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = len(tokens) + (mel is not None)
     figure, axes = plt.subplots(1, panels, figsize=(2.3 * panels, 2.8), squeeze=False, layout="constrained")
     axes = list(axes[0])
@@ -112,7 +113,7 @@ def plot_self_attention(self_map: np.ndarray, grid: tuple[int, int], mel: np.nda
                         query: tuple[int, int] | None = None, path: str | Path | None = None, title: str = ""):
     """A self-attention map (queries x keys over a (time, freq) grid): the full matrix, and where one
     `query` cell (time, freq) looks, drawn on the grid beside the spectrogram."""
-    plt = _pyplot()
+    plt = pyplot()
     time_steps, bands = grid
     query = query or (time_steps // 2, bands // 2)
     panels = 2 + (mel is not None)
