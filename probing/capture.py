@@ -42,6 +42,7 @@ class CaptureSettings:
     step_indices: tuple[int, ...] | None = None  # which denoising steps to keep (None: all)
     guidance: float = 3.0
     seed: int = 0
+    seed_per_prompt: bool = False  # prompt i starts from noise seed + i (else every prompt from the same noise)
     reduction: Reduction = Reduction()
     random_denoiser: int | None = None  # seed: capture a freshly initialised denoiser (the probes' baseline)
 
@@ -141,6 +142,8 @@ def open_store(model, prompts: PromptSet, url: str, settings: CaptureSettings, t
                 "guidance": settings.guidance, "seed": settings.seed, "reduction": settings.reduction.to_json()}
     if settings.random_denoiser is not None:
         identity["random_denoiser"] = settings.random_denoiser
+    if settings.seed_per_prompt:
+        identity["seed_per_prompt"] = True
     embedding = pooled_text_embedding(model, "")
     specs = [map_spec(m, len(timesteps), settings.reduction) for m in modules]
     specs.append(ArraySpec(TEXT_EMBEDDING, embedding.shape, ("embedding",), "float32", attrs={"kind": "text"}))
@@ -170,7 +173,8 @@ def _capture(model, prompts: PromptSet, url: str, settings: CaptureSettings, ove
         pending_write = None
         for index in tqdm(store.pending(rank, world), desc=f"capture (rank {rank}/{world})", disable=not progress):
             with AttentionRecorder(model, modules, settings.reduction, timesteps=timesteps) as recorder:
-                model.generate(prompts.prompts[index], settings.steps, settings.guidance, settings.seed, decode=False)
+                seed = settings.seed + index if settings.seed_per_prompt else settings.seed
+                model.generate(prompts.prompts[index], settings.steps, settings.guidance, seed, decode=False)
             maps = _prompt_maps(recorder, modules, store.specs, timesteps, settings.reduction)
             maps[TEXT_EMBEDDING] = pooled_text_embedding(model, prompts.prompts[index])
             if pending_write is not None:

@@ -74,20 +74,30 @@ class LayerProfile:
                                   "ci_high": s.ci[1]}[value]
         return out
 
-    def decodability(self, kind: str = "self", probe: str = "mlp") -> np.ndarray:
-        """Per layer, the most decodable attribute's accuracy rescaled so chance = 0 and perfect = 1."""
+    def decodability(self, kind: str = "self", probe: str = "mlp", above_random: bool = True) -> np.ndarray:
+        """Per layer, the most decodable attribute's accuracy rescaled so chance = 0 and perfect = 1.
+
+        With `above_random` and a random-denoiser baseline in the profile, the accuracy counts only
+        above the baseline's (what a random network's maps show as well is not learned): the
+        excess over it, in the same units. NaN where a layer was not probed.
+        """
         rescaled = []
         for attribute, classes in self.attributes.items():
             chance = 1 / len(classes)
-            rescaled.append(np.clip((self.curve(attribute, kind, probe) - chance) / (1 - chance), 0, 1))
-        return np.fmax.reduce(np.stack(rescaled), axis=0) if rescaled else np.full(self.n_layers, np.nan)  # NaN: not probed
+            floor = np.full(self.n_layers, chance)
+            random = self.curve(attribute, kind, probe, random_denoiser=True)
+            if above_random and not np.isnan(random).all():
+                floor = np.fmax(floor, random)
+            rescaled.append(np.clip((self.curve(attribute, kind, probe) - floor) / (1 - chance), 0, 1))
+        return np.fmax.reduce(np.stack(rescaled), axis=0) if rescaled else np.full(self.n_layers, np.nan)
 
     # ---- the editor's layer choice ---------------------------------------------------------
     def select_edit_layers(self, width: int | None = None) -> LayerSelection:
         """The contiguous band of self-attention layers where the attributes are least decodable.
 
         Rule: score each layer by its self-attention decodability (max over attributes of the MLP
-        probe's balanced accuracy, rescaled chance -> 0, perfect -> 1); choose the band of `width`
+        probe's balanced accuracy, rescaled chance -> 0, perfect -> 1; above the random-denoiser
+        baseline when the profile has one, see `decodability`); choose the band of `width`
         layers (default: 7/16 of the layers, AudioLDM 2's default band width) with the lowest mean;
         ties go to the deeper band (decoder side). Injecting source Q/K there carries the source's
         structure with the least of its instrument, style and mood. Deterministic.
@@ -105,13 +115,18 @@ class LayerProfile:
         layers = tuple(range(best + 1, best + width + 1))
         outside = np.delete(filled, np.arange(best, best + width))
         cross = self.decodability("cross")
+        floor = "the random denoiser's accuracy" if self.random_denoiser else "chance"
+        spread = max(means) - min(means)
         reasons = (
-            "self-attention decodability per layer (0 = chance, 1 = perfect): "
+            f"self-attention decodability per layer (0 = {floor}, 1 = perfect): "
             + ", ".join(f"{i + 1}:{v:.2f}" for i, v in enumerate(scores) if not np.isnan(v)),
             f"band {layers[0]}-{layers[-1]} ({width} layers) has the lowest mean, {means[best]:.2f}"
             + (f", vs {outside.mean():.2f} outside it" if outside.size else ""),
             f"cross-attention decodability, for comparison: mean {np.nanmean(cross):.2f}"
             if not np.isnan(cross).all() else "no cross-attention scores in the profile",
+            *([f"the bands differ by at most {spread:.2f}: the profile does not tell the layers apart, and the "
+               "band is the tie-break (the deepest); prefer the family default or an editing ablation"]
+              if spread < 0.05 else []),
             "decodable is not the same as used: check the band with `melodia bench --ablation layers`",
         )
         return LayerSelection(f"self:{layers[0]}-{layers[-1]}", layers, reasons)

@@ -103,3 +103,14 @@ def test_text_maps_of_prompts_with_different_lengths_share_one_array(tmp_path):
     short_keys = (maps[0] > 1e-6).any(axis=(0, 1)).sum()
     long_keys = (maps[1] > 1e-6).any(axis=(0, 1)).sum()
     assert short_keys < long_keys <= maps.shape[-1]  # padding columns stay zero, real tokens carry attention
+
+
+def test_seed_per_prompt_gives_one_prompt_text_two_different_noises(untrained_testbed, tmp_path):
+    twice = PromptSet(["a sad waltz on violin"] * 2, {}, [0, 1])
+    maps = {}
+    for per_prompt in (False, True):
+        settings = CaptureSettings(layers="self:8", steps=2, seed_per_prompt=per_prompt)
+        store = capture(untrained_testbed, twice, str(tmp_path / f"{per_prompt}.zarr"), settings, progress=False)
+        maps[per_prompt] = store.read(store.specs[0].name)
+    np.testing.assert_array_equal(maps[False][0], maps[False][1])
+    assert not np.allclose(maps[True][0], maps[True][1]) and np.array_equal(maps[True][0], maps[False][0])

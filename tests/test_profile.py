@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -129,3 +130,13 @@ def test_random_denoiser_capture_differs_and_restores_the_trained_weights(untrai
     assert not np.allclose(random_store.read(name, [0]), trained_store.read(name, [0]))
     with pytest.raises(MelodiaError, match="not captured with --random-denoiser"):
         build_profile(random_store, random_store=trained_store)
+
+
+def test_decodability_counts_only_what_the_random_denoiser_does_not_show():
+    profile = synthetic_profile([0.9, 0.9, 0.5, 0.5])
+    profile.random_denoiser = [replace(s, accuracy=0.85) for s in profile.scores if s.target.startswith("self")]
+    np.testing.assert_allclose(profile.decodability("self"), [0.05 / 0.75, 0.05 / 0.75, 0, 0])
+    np.testing.assert_allclose(profile.decodability("self", above_random=False), [0.65 / 0.75] * 2 + [0.25 / 0.75] * 2)
+    flat = synthetic_profile([0.9] * 4)
+    flat.random_denoiser = [replace(s, accuracy=0.95) for s in flat.scores if s.target.startswith("self")]
+    assert "does not tell the layers apart" in flat.select_edit_layers(width=2).explain()

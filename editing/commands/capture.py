@@ -35,6 +35,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--reduce", default="", help="e.g. heads=mean,grid=16x4,batch=cond")
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0, help="initial noise seed, the same for every prompt")
+    parser.add_argument("--seed-per-prompt", action="store_true",
+                        help="prompt i starts from noise --seed + i: probes then must read the attribute "
+                             "through the sampling noise, not from the prompt alone")
     parser.add_argument("--random-denoiser", type=int, metavar="SEED",
                         help="capture a freshly initialised denoiser (seeded) instead of the trained one: "
                              "the baseline of `melodia probe --random-baseline`")
@@ -84,7 +87,7 @@ def run(args) -> None:
     prompts = load_prompts(args.prompts)
     settings = CaptureSettings(layers=args.layers, steps=args.steps, step_indices=parse_step_indices(args.timesteps),
                                guidance=args.guidance, seed=args.seed, reduction=parse_reduction(args.reduce),
-                               random_denoiser=args.random_denoiser)
+                               random_denoiser=args.random_denoiser, seed_per_prompt=args.seed_per_prompt)
     model = load_model(args.model, device=args.device)
     store = capture(model, prompts, args.store, settings, overwrite=args.overwrite)
     done = int(store.done_mask().sum())
