@@ -170,12 +170,12 @@ def _write_csv(records: list[dict], path: Path) -> None:
 
 def plot_summary(records: list[dict], path: str | Path, title: str = "") -> Path:
     """One bar chart per metric (and balance score) with a bar per condition and its 95 % CI."""
-    from probing.plots import _pyplot, save_figure
+    from probing.plots import pyplot, save_figure
 
     panels = [(m, _label(TABLE_METRICS[m]), f"{m}_mean", f"{m}_ci95") for m in TABLE_METRICS
               if any(math.isfinite(r[f"{m}_mean"]) for r in records)]
     panels += [(k, BALANCES[k][0] + " ↑", k, None) for k in BALANCES if any(math.isfinite(r[k]) for r in records)]
-    plt = _pyplot()
+    plt = pyplot()
     columns = max(1, min(3, len(panels)))
     rows = max(1, math.ceil(len(panels) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
