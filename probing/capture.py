@@ -54,14 +54,16 @@ def config_hash(model) -> str:
 
 
 def pooled_text_embedding(model, prompt: str) -> np.ndarray:
-    """Mean and max over tokens of every float tensor the denoiser is conditioned on (the text-only baseline)."""
+    """Mean and max over tokens of every float tensor (not masks) the denoiser is conditioned on: the
+    text-only baseline's input, one fixed-length vector per prompt."""
     with torch.no_grad():
         cond = model.encode_prompt([prompt], guidance=1.0)
     parts = []
-    for value in cond.kwargs.values():
-        if torch.is_tensor(value) and value.is_floating_point():
-            row = value[0].float().reshape(-1, value.shape[-1]) if value.ndim > 1 else value.float().reshape(1, -1)
-            parts += [row.mean(0), row.amax(0)] if len(row) > 1 else [row[0]]
+    for name, value in cond.kwargs.items():  # attention masks (float in some families) vary with the prompt's length
+        if torch.is_tensor(value) and value.is_floating_point() and "mask" not in name:
+            sample = value[0].float()
+            # (tokens, dim) -> mean and max over tokens, whatever the prompt's length; (dim,) as it is
+            parts += [sample.mean(0), sample.amax(0)] if sample.ndim == 2 else [sample.reshape(-1)]
     if not parts:
         raise RuntimeError(f"{model.name}: encode_prompt returned no float tensor to embed")
     return torch.cat(parts).cpu().numpy()
