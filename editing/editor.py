@@ -49,6 +49,8 @@ class EditSettings:
     guidance: float = 3.5
     seed: int = 0
     windows: bool = True
+    source_prompt: str = ""  # ddpm-friendly only: the prompt (and guidance) its noise maps are extracted with
+    source_guidance: float = 1.0
 
 
 @dataclass
@@ -157,25 +159,29 @@ class Melodia:
 
     def edit(self, wave: np.ndarray, target_prompt: str, method: str = "melodia", layers: str | None = "auto",
              t_start: float = 0.6, steps: int = 50, guidance: float = 3.5, seed: int = 0, windows: bool = True,
-             progress: bool = False) -> EditResult:
+             source_prompt: str = "", source_guidance: float = 1.0, progress: bool = False) -> EditResult:
         """Edit mono `wave` (at the model's rate) towards `target_prompt` with `method` (one of METHODS).
 
         A source longer than the model's window is edited in windows overlapping by WINDOW_OVERLAP,
         each with the same settings and seed, joined by crossfades; `windows=False` refuses it instead.
+        `source_prompt` / `source_guidance` describe the source for ddpm-friendly's noise extraction
+        (Manor & Michaeli); Melodia and the other methods never need a source description.
         """
         if method not in METHODS:
             raise MelodiaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        if method != "ddpm-friendly" and (source_prompt or source_guidance != 1.0):
+            raise MelodiaError(f"a source prompt / source guidance is used by ddpm-friendly only, not by {method}")
         settings = EditSettings(target_prompt, method, layers if method == "melodia" else "none", t_start, steps,
-                                guidance, seed, windows)
+                                guidance, seed, windows, source_prompt, source_guidance)
         inverted_steps(steps, t_start)  # validates t_start before any work
         modules = self.injected_modules(settings.layers)
         wave = validate_wave(wave, self.model.sample_rate, name="source", max_seconds=MAX_SOURCE_SECONDS)
         spans = self._spans(len(wave), windows)
         timings: dict[str, float] = {}
         with _timed(timings, "encode"), torch.no_grad():
-            empty = self.model.encode_prompt([""], guidance=1.0)
+            source = self.model.encode_prompt([source_prompt], guidance=source_guidance)
             target = self.model.encode_prompt([target_prompt], guidance=guidance)
-        edited = [self._edit_window(wave[a:b], settings, modules, empty, target, timings, progress) for a, b in spans]
+        edited = [self._edit_window(wave[a:b], settings, modules, source, target, timings, progress) for a, b in spans]
         audio = join_windows([piece for piece, _ in edited], spans)
         sizes = {"predicted": predicted_bytes(self.model, modules, inverted_steps(steps, t_start)),
                  "measured": max(measured for _, measured in edited)}  # per window: one repository at a time
@@ -183,7 +189,7 @@ class Melodia:
         return EditResult(audio, rate, settings, [m.path for m in modules], timings, sizes, seam_positions(spans),
                           seam_flux_ratio(audio, rate, spans), seam_flux_ratio(wave, rate, spans))
 
-    def _edit_window(self, wave: np.ndarray, settings: EditSettings, modules: list[ModuleInfo], empty: Conditioning,
+    def _edit_window(self, wave: np.ndarray, settings: EditSettings, modules: list[ModuleInfo], source: Conditioning,
                      target: Conditioning, timings: dict[str, float], progress: bool) -> tuple[np.ndarray, int]:
         """Edit one window (padded to the model's window, cut back): the audio and the repository's bytes."""
         torch.manual_seed(settings.seed)
@@ -192,7 +198,7 @@ class Melodia:
             z0 = self.model.encode_audio(self._pad(wave))
         with AttentionRepository(self.memory_budget_mb) as repository:
             with _timed(timings, "invert"):
-                start = self._invert(settings, z0, empty, modules, repository, generator, progress)
+                start = self._invert(settings, z0, source, modules, repository, generator, progress)
             with _timed(timings, "denoise"):
                 z_edit = self._denoise(settings, start, target, modules, repository, progress)
             measured = repository.nbytes
@@ -200,16 +206,17 @@ class Melodia:
             audio = self.model.decode(z_edit)[: len(wave)]
         return audio, measured
 
-    def _invert(self, s: EditSettings, z0: torch.Tensor, empty: Conditioning, modules: list[ModuleInfo],
+    def _invert(self, s: EditSettings, z0: torch.Tensor, source: Conditioning, modules: list[ModuleInfo],
                 repository: AttentionRepository, generator: torch.Generator,
                 progress: bool) -> torch.Tensor | NoiseMaps:
         """The source latent -> where `method` starts denoising (a latent, or NoiseMaps for ddpm-friendly)."""
         if s.method == "sdedit":
             return sdedit_noise(self.model, z0, s.steps, s.t_start, generator)
         if s.method == "ddpm-friendly":
-            return ddpm_noise_maps(self.model, z0, empty, s.steps, s.t_start, generator, progress=progress)
-        with record_source_qk(self.model, modules, repository):
-            return ddim_invert(self.model, z0, empty, s.steps, s.t_start, progress=progress)
+            return ddpm_noise_maps(self.model, z0, source, s.steps, s.t_start, generator, s.source_guidance,
+                                   progress=progress)
+        with record_source_qk(self.model, modules, repository):  # source is the empty prompt here
+            return ddim_invert(self.model, z0, source, s.steps, s.t_start, progress=progress)
 
     def _denoise(self, s: EditSettings, start: torch.Tensor | NoiseMaps, target: Conditioning,
                  modules: list[ModuleInfo], repository: AttentionRepository, progress: bool) -> torch.Tensor:

@@ -13,6 +13,7 @@ from editing.baselines import ddpm_noise_maps, ddpm_sample, sdedit_noise
 from editing.cli import main
 from editing.editor import METHODS, Melodia
 from editing.inversion import ddim_sample, partial_schedule
+from probing.errors import MelodiaError
 from probing.synth import render_clip
 
 PROMPT = "a happy waltz played on violin"
@@ -117,3 +118,16 @@ def test_cli_edits_with_sdedit_and_refuses_an_unknown_method(capsys, tmp_path, u
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "invalid choice: 'bogus'" in err
     assert all(method in err for method in METHODS) and not (tmp_path / "bogus.wav").exists()
+
+
+def test_the_editor_passes_the_source_prompt_to_ddpm_friendly(untrained_testbed, source):
+    editor = Melodia(untrained_testbed)
+    described = editor.edit(source, PROMPT, method="ddpm-friendly", steps=STEPS, t_start=T_START, guidance=3.5,
+                            source_prompt=PROMPT, source_guidance=3.5)
+    codec_round_trip = untrained_testbed.decode(untrained_testbed.encode_audio(source))
+    np.testing.assert_allclose(described.audio, codec_round_trip, atol=2e-3)  # same prompt both ways: the source
+    undescribed = editor.edit(source, PROMPT, method="ddpm-friendly", steps=STEPS, t_start=T_START, guidance=3.5)
+    assert np.abs(undescribed.audio - codec_round_trip).mean() > 10 * np.abs(described.audio - codec_round_trip).mean()
+    assert described.settings.source_prompt == PROMPT
+    with pytest.raises(MelodiaError, match="ddpm-friendly only"):
+        editor.edit(source, PROMPT, method="melodia", source_prompt="a piano waltz")

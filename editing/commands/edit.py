@@ -48,6 +48,10 @@ def add_parser(sub) -> None:
     parser.add_argument("--method", default="melodia", choices=METHODS)
     parser.add_argument("--no-windows", dest="windows", action="store_false",
                         help="refuse a source longer than the model's window instead of editing it in windows")
+    parser.add_argument("--source-prompt", default="", help="ddpm-friendly only: a description of the source "
+                        "for its noise extraction (default: the empty prompt)")
+    parser.add_argument("--source-guidance", type=float, default=1.0,
+                        help="ddpm-friendly only: guidance of the noise extraction (default 1)")
     parser.add_argument("--plot", help="write source/edited spectrograms to this PNG")
     parser.add_argument("--json", action="store_true", help="print the sidecar JSON to stdout")
     parser.set_defaults(run=run)
@@ -72,7 +76,8 @@ def run(args) -> None:
     source = load_audio(args.source, model.sample_rate, max_seconds=MAX_SOURCE_SECONDS)
     editor = Melodia(model, profile=profile)
     result = editor.edit(source, args.prompt, method=args.method, layers=args.layers, t_start=args.t_start,
-                         steps=args.steps, guidance=args.guidance, seed=args.seed, windows=args.windows, progress=True)
+                         steps=args.steps, guidance=args.guidance, seed=args.seed, windows=args.windows,
+                         source_prompt=args.source_prompt, source_guidance=args.source_guidance, progress=True)
     output = Path(args.output)
     sidecar = {**result.summary(), "source": str(args.source), "model": args.model, "output": str(output),
                "profile": args.profile}
