@@ -27,7 +27,7 @@ import numpy as np
 from editing.manifests import CATEGORIES, EditItem, Manifest, SynthClip
 from editing.metrics import ClapEmbedder, LPAPSNet, MissingWeightsError, score_edit
 from probing.errors import MelodiaError
-from probing.paths import atomic_output
+from probing.paths import write_json
 
 PLAN_FILE = "bench.json"
 ABLATION_LAYERS = (("none", "none"), ("all", "self:*"), ("6-16", "self:6-16"), ("8-14", "self:8-14"),
@@ -210,8 +210,7 @@ def _record_plan(plan: BenchPlan, out: Path) -> None:
         if changed:
             raise MelodiaError(f"{out} holds a benchmark run with other {', '.join(changed)} (see {path}); "
                                "use another -o folder")
-    with atomic_output(path, ".json") as tmp:
-        Path(tmp).write_text(json.dumps(current, indent=1))
+    write_json(path, current)
 
 
 def _save(out: Path, item: EditItem, clips: dict[str, np.ndarray | None], sr: int) -> None:

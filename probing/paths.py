@@ -7,6 +7,7 @@ Examples:
 """
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from contextlib import contextmanager
@@ -49,3 +50,13 @@ def atomic_output(path: str | Path, suffix: str):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def write_json(path: str | Path, data) -> None:
+    """`data` as indented JSON at `path`, through `atomic_output`: never half-written.
+
+    Examples:
+        >>> write_json("out/profile.json", {"version": 1})
+    """
+    with atomic_output(path, ".json") as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1))

@@ -25,7 +25,7 @@ import numpy as np
 
 from probing.errors import MelodiaError
 from probing.features import layer_features, text_features
-from probing.paths import atomic_output
+from probing.paths import write_json
 from probing.probes import ProbeScore, ProbeSettings, probe_features
 from probing.store import CaptureStore
 
@@ -151,8 +151,7 @@ class LayerProfile:
 
     def save(self, path: str | Path) -> None:
         """Write the JSON atomically (never half-written)."""
-        with atomic_output(path, ".json") as tmp:
-            Path(tmp).write_text(json.dumps(self.to_json(), indent=1))
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str | Path) -> LayerProfile:

@@ -33,7 +33,7 @@ def add_parser(sub) -> None:
 
 def run(args) -> None:
     from editing.audio import write_wav
-    from editing.commands.edit import write_json
+    from probing.paths import write_json
     from editing.editor import Melodia
     from editing.metrics import chroma_similarity, log_mel_distance
     from editing.plots import plot_spectrograms

@@ -1,7 +1,6 @@
 """`melodia edit`: change instrument, style or mood of a clip while its melody and rhythm stay."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from editing.commands.common import add_model_argument, formatter, print_json
@@ -57,18 +56,11 @@ def add_parser(sub) -> None:
     parser.set_defaults(run=run)
 
 
-def write_json(path: Path, data: dict) -> None:
-    """JSON through a temporary file and rename: never half-written."""
-    from probing.paths import atomic_output
-
-    with atomic_output(path, ".json") as tmp, open(tmp, "w") as f:
-        json.dump(data, f, indent=1)
-
-
 def run(args) -> None:
     from editing.audio import load_audio, write_wav
     from editing.plots import plot_spectrograms
     from probing.models import load_model
+    from probing.paths import write_json
     from probing.profile import LayerProfile
 
     profile = LayerProfile.load(args.profile) if args.profile else None  # a bad file fails before the model loads
