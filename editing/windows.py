@@ -17,13 +17,11 @@ from __future__ import annotations
 
 import math
 
-import librosa
 import numpy as np
 
+from editing.metrics.spectral import LOG_MEL_HOP, log_mel
 from probing.errors import MelodiaError
 
-FLUX_HOP = 256  # log-mel settings of the seam report, as the log-mel distance of editing.metrics
-FLUX_FFT = 1024
 
 
 def window_spans(length: int, window: int, overlap: int) -> list[tuple[int, int]]:
@@ -88,13 +86,6 @@ def join_windows(pieces: list[np.ndarray], spans: list[tuple[int, int]]) -> np.n
     return joined
 
 
-def log_mel(wave: np.ndarray, sr: int) -> np.ndarray:
-    """(64 bands, frames) natural-log magnitude mel spectrogram (n_fft 1024, hop 256, floor 1e-5)."""
-    mel = librosa.feature.melspectrogram(y=np.asarray(wave, np.float32), sr=sr, n_fft=FLUX_FFT,
-                                         hop_length=FLUX_HOP, n_mels=64, power=1.0)
-    return np.log(np.maximum(mel, 1e-5))
-
-
 def spectral_flux(wave: np.ndarray, sr: int) -> np.ndarray:
     """Mean |change| of the log-mel spectrum over the bands, from each frame to the next."""
     return np.abs(np.diff(log_mel(wave, sr), axis=1)).mean(axis=0)
@@ -109,7 +100,7 @@ def seam_flux_ratio(wave: np.ndarray, sr: int, spans: list[tuple[int, int]]) -> 
     if not fades:
         return None
     flux = spectral_flux(wave, sr)
-    centres = (np.arange(len(flux)) + 0.5) * FLUX_HOP
+    centres = (np.arange(len(flux)) + 0.5) * LOG_MEL_HOP
     at_seam = np.zeros(len(flux), dtype=bool)
     for start, stop in fades:
         at_seam |= (centres >= start) & (centres < stop)

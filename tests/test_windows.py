@@ -9,7 +9,8 @@ import soundfile as sf
 
 from editing.cli import main
 from editing.editor import Melodia
-from editing.windows import (crossfade, join_windows, log_mel, overlaps, seam_flux_ratio, seam_positions,
+from editing.metrics.spectral import log_mel
+from editing.windows import (crossfade, join_windows, overlaps, seam_flux_ratio, seam_positions,
                              window_spans)
 from probing.errors import MelodiaError
 from probing.synth import render_clip

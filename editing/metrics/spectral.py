@@ -16,6 +16,7 @@ import numpy as np
 from editing.metrics._common import at_rate
 
 SPECTRAL_SAMPLE_RATE = 16_000
+LOG_MEL_HOP = 256
 _SILENT_FRAME_ENERGY = 1e-6
 
 
@@ -47,14 +48,19 @@ def chroma_similarity(a: np.ndarray, b: np.ndarray, sr: int) -> float:
     return float(cosine[voiced].mean())
 
 
+def log_mel(wave: np.ndarray, sr: int) -> np.ndarray:
+    """(64 bands, frames) natural-log magnitude mel spectrogram at `sr` (n_fft 1024, hop LOG_MEL_HOP, floor 1e-5)."""
+    mel = librosa.feature.melspectrogram(y=np.asarray(wave, np.float32), sr=sr, n_fft=1024, hop_length=LOG_MEL_HOP,
+                                         n_mels=64, power=1.0)
+    return np.log(np.maximum(mel, 1e-5))
+
+
 def log_mel_distance(a: np.ndarray, b: np.ndarray, sr: int) -> float:
     """Mean |log mel(a) - log mel(b)| over aligned frames: 0 = the same spectrum.
 
-    Natural-log magnitude mel spectrograms (64 bands, n_fft 1024, hop 256 at 16 kHz, floor 1e-5).
-    Used on the testbed as the distance to the ground-truth ideal edit (lower is better).
+    Natural-log magnitude mel spectrograms (`log_mel`: 64 bands, n_fft 1024, hop 256 at 16 kHz,
+    floor 1e-5). Used on the testbed as the distance to the ground-truth ideal edit (lower is better).
     """
-    mels = [np.log(np.maximum(librosa.feature.melspectrogram(
-        y=at_rate(x, sr, SPECTRAL_SAMPLE_RATE), sr=SPECTRAL_SAMPLE_RATE, n_fft=1024, hop_length=256, n_mels=64,
-        power=1.0), 1e-5)) for x in (a, b)]
+    mels = [log_mel(at_rate(x, sr, SPECTRAL_SAMPLE_RATE), SPECTRAL_SAMPLE_RATE) for x in (a, b)]
     frames = min(m.shape[1] for m in mels)
     return float(np.abs(mels[0][:, :frames] - mels[1][:, :frames]).mean())
