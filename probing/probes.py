@@ -232,13 +232,13 @@ def probe_features(features: dict[str, np.ndarray], labels: dict[str, list[str]]
         width = max(p.components.shape[1] for p in projections)
         z_train = torch.stack([_pad_columns(p(tensors[k][train]), width) for p, k in zip(projections, names)])
         z_test = torch.stack([_pad_columns(p(tensors[k][test]), width) for p, k in zip(projections, names)])
+        z_train, z_test = torch.cat([z_train, z_train]), torch.cat([z_test, z_test])  # real task, then control
         for attribute, (y, classes) in encoded.items():
             targets = torch.as_tensor(np.stack([y[train]] * len(names) + [control[attribute][train]] * len(names)))
             for probe in probes:
                 hidden = settings.hidden if PROBE_KINDS[probe] is None else PROBE_KINDS[probe]
-                weights = train_batched(torch.cat([z_train, z_train]), targets, len(classes), hidden, settings,
-                                        generator)
-                predicted = _logits(weights, torch.cat([z_test, z_test])).argmax(-1).numpy()
+                weights = train_batched(z_train, targets, len(classes), hidden, settings, generator)
+                predicted = _logits(weights, z_test).argmax(-1).numpy()
                 out_of_fold[attribute, probe, False][:, test] = predicted[: len(names)]
                 out_of_fold[attribute, probe, True][:, test] = predicted[len(names):]
         if progress is not None:
