@@ -114,8 +114,7 @@ def pad_keys(maps: np.ndarray, n_keys: int, path: str) -> np.ndarray:
 
 
 def _timesteps(model, settings: CaptureSettings) -> list[float]:
-    model.scheduler.set_timesteps(settings.steps)
-    all_steps = [float(t) for t in model.scheduler.timesteps]
+    all_steps = model.sampling_timesteps(settings.steps)
     if settings.step_indices is None:
         return all_steps
     bad = [i for i in settings.step_indices if not 0 <= i < len(all_steps)]

@@ -1,9 +1,10 @@
 """Forward hooks that see (and may replace) the Q and K of chosen attention modules.
 
-Mechanism: a forward hook on each module's `to_q`/`to_k` sees the projected Q/K (and, by
-returning a tensor, replaces it: the default SDPA processor keeps running, no full attention map
-is materialised); a pre-hook on the attention module records what it attends to (kind, mask,
-extra kwargs such as rotary embeddings); a post-hook hands the finished call to `on_call`. The
+Mechanism: a forward hook on each projection the adapter names (`model.qk_taps`: `to_q`/`to_k`,
+or channel slices of a fused `to_qkv`) sees the projected Q/K (and, by returning a tensor,
+replaces it: the family's processor keeps running, no full attention map is materialised); a
+pre-hook on the attention module records what it attends to (kind, mask, extra arguments such as
+rotary embeddings, bound by name); a post-hook hands the finished call to `on_call`. The
 denoiser's own pre-hook gives the timestep. Everything is removed in `finally`, also after an
 exception, and only what was added is removed, so contexts nest.
 
@@ -14,6 +15,7 @@ Examples:
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,8 +29,9 @@ from probing.errors import MelodiaError
 class AttentionCall:
     """One forward of one attention module.
 
-    query/key: projected, before the head split, (batch, tokens, heads*dim); batch is the
-    denoiser's batch, i.e. [uncond, cond] under classifier-free guidance.
+    query/key: projected, before the head split, (batch, tokens, heads*dim) (the tapped channels);
+    batch is the denoiser's batch, i.e. [uncond, cond] under classifier-free guidance.
+    call_kwargs: every argument of the module's forward but the first (hidden states), by name.
     """
 
     path: str
@@ -84,6 +87,7 @@ class AttentionHooks:
         if unknown:
             raise MelodiaError(f"{unknown[0]} is not an attention module of {model.name}; see `melodia layers`")
         self.modules = {p: modules[p] for p in self.paths}
+        self._signatures: dict[type, inspect.Signature] = {}
         self.on_call, self.replace = on_call, replace
         self.expected = expected_per_forward
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
@@ -107,26 +111,45 @@ class AttentionHooks:
                                "version change, fused projections or a custom processor?)")
 
     # ---- attention modules -----------------------------------------------------------------
+    def _bound_kwargs(self, module, args: tuple, kwargs: dict) -> dict[str, Any]:
+        """The forward's arguments after the hidden states, by name (positional ones bound by signature)."""
+        if len(args) <= 1:
+            return dict(kwargs)
+        signature = self._signatures.get(type(module))
+        if signature is None:
+            signature = self._signatures[type(module)] = inspect.signature(module.forward)
+        bound = signature.bind_partial(*args, **kwargs).arguments
+        bound.pop(next(iter(signature.parameters)))
+        extra = bound.pop("kwargs", {}) if "kwargs" in signature.parameters else {}
+        return {**bound, **extra}
+
     def _module_pre(self, path):
         def hook(module, args, kwargs):
-            context = kwargs.get("encoder_hidden_states", args[1] if len(args) > 1 else None)
-            self._pending[path] = AttentionCall(path, module, "self" if context is None else "cross",
-                                                self._timestep, self._forwards, self._latent_hw, dict(kwargs))
+            call_kwargs = self._bound_kwargs(module, args, kwargs)
+            self._pending[path] = AttentionCall(path, module, self.model.attention_kind(module, call_kwargs),
+                                                self._timestep, self._forwards, self._latent_hw, call_kwargs)
         return hook
 
-    def _projection(self, path, which):
+    def _projection(self, path, taps):
         def hook(module, args, output):
             call = self._pending.get(path)
             if call is None:  # projection used outside an attention forward: not ours to touch
                 return None
-            if self.replace is not None:
-                replaced = self.replace(call, which, output)
-                if replaced is not None:
-                    if replaced.shape != output.shape:
-                        raise RuntimeError(f"{path}: replacement {which} has shape {tuple(replaced.shape)}, "
-                                           f"expected {tuple(output.shape)}")
-                    output = replaced.to(dtype=output.dtype, device=output.device)
-            setattr(call, "query" if which == "q" else "key", output)
+            for tap in taps:
+                seen = output if tap.channels is None else output[..., tap.channels]
+                if self.replace is not None:
+                    replaced = self.replace(call, tap.which, seen)
+                    if replaced is not None:
+                        if replaced.shape != seen.shape:
+                            raise RuntimeError(f"{path}: replacement {tap.which} has shape {tuple(replaced.shape)}, "
+                                               f"expected {tuple(seen.shape)}")
+                        seen = replaced.to(dtype=output.dtype, device=output.device)
+                        if tap.channels is None:
+                            output = seen
+                        else:
+                            output = output.clone()
+                            output[..., tap.channels] = seen
+                setattr(call, "query" if tap.which == "q" else "key", seen)
             return output
         return hook
 
@@ -148,8 +171,11 @@ class AttentionHooks:
             self._handles.append(denoiser.register_forward_hook(self._denoiser_post, with_kwargs=True))
             for path, module in self.modules.items():
                 self._handles.append(module.register_forward_pre_hook(self._module_pre(path), with_kwargs=True))
-                self._handles.append(module.to_q.register_forward_hook(self._projection(path, "q")))
-                self._handles.append(module.to_k.register_forward_hook(self._projection(path, "k")))
+                by_projection: dict[int, list] = {}
+                for tap in self.model.qk_taps(module):
+                    by_projection.setdefault(id(tap.projection), []).append(tap)
+                for taps in by_projection.values():
+                    self._handles.append(taps[0].projection.register_forward_hook(self._projection(path, taps)))
                 self._handles.append(module.register_forward_hook(self._module_post(path)))
         except BaseException:
             self.remove()

@@ -53,14 +53,6 @@ class Reduction:
         return (min(grid[0], self.grid[0]), min(grid[1], self.grid[1]))
 
 
-def processor_mask(module: torch.nn.Module, mask: torch.Tensor | None, key_len: int, batch: int) -> torch.Tensor | None:
-    """The additive mask exactly as diffusers' attention processors prepare it: (batch, heads|1, 1|N, key_len)."""
-    if mask is None:
-        return None
-    prepared = module.prepare_attention_mask(mask, key_len, batch)
-    return prepared.view(batch, module.heads, -1, prepared.shape[-1])
-
-
 def _pool_grid(x: torch.Tensor, grid: tuple[int, int], out: tuple[int, int], keep_mass: bool) -> torch.Tensor:
     """Pool the last axis of `x` (length grid[0]*grid[1], row-major) to out[0]*out[1].
 
@@ -75,10 +67,12 @@ def _pool_grid(x: torch.Tensor, grid: tuple[int, int], out: tuple[int, int], kee
 
 def attention_probs_reduced(query: torch.Tensor, key: torch.Tensor, scale: float, mask: torch.Tensor | None,
                             query_grid: tuple[int, int], key_grid: tuple[int, int] | None,
-                            reduction: Reduction) -> torch.Tensor:
+                            reduction: Reduction, head_signs: torch.Tensor | None = None) -> torch.Tensor:
     """softmax(Q K^T * scale + mask), reduced; Q/K are (B, H, N, d) and (B, H, M, d).
 
-    key_grid None means keys are text tokens (not pooled). Returns float32 (B, H', Q', K').
+    key_grid None means keys are text tokens (not pooled). head_signs (H,) of +1/-1 folds the
+    heads pairwise into H/2 differential maps, sum_i sign_i * softmax_i, first half with second
+    half (a differential map's rows sum to 0). Returns float32 (B, H', Q', K').
     """
     batch, heads, n_query, _ = query.shape
     n_key = key.shape[2]
@@ -91,6 +85,9 @@ def attention_probs_reduced(query: torch.Tensor, key: torch.Tensor, scale: float
         if mask is not None:
             logits = logits + (mask if mask.shape[-2] == 1 else mask[:, :, start:start + rows_per_chunk]).float()
         probs = logits.softmax(dim=-1)
+        if head_signs is not None:
+            signed = probs * head_signs.to(probs).view(1, -1, 1, 1)
+            probs = signed.unflatten(1, (2, -1)).sum(dim=1)
         if reduction.heads == "mean":
             probs = probs.mean(dim=1, keepdim=True)
         if key_grid is not None:
@@ -104,12 +101,13 @@ def attention_probs_reduced(query: torch.Tensor, key: torch.Tensor, scale: float
 def reduce_call(model, call: AttentionCall, reduction: Reduction, rows: slice = slice(None)) -> torch.Tensor:
     """The reduced attention map of one hooked call for batch `rows`, (B', H', Q', K'), float32 on the CPU."""
     query, key = model.heads_qk(call.module, call.query, call.key, call.call_kwargs)
-    mask = processor_mask(call.module, call.attention_mask, key.shape[2], query.shape[0])
+    mask = model.map_mask(call.module, call.call_kwargs, query.shape[2], key.shape[2], query.shape[0])
     query, key = query[rows], key[rows]
     mask = mask[rows] if mask is not None else None
     query_grid = model.token_grid(query.shape[2], call.latent_hw)
     key_grid = query_grid if call.kind == "self" else None
     if call.kind == "self" and key.shape[2] != query.shape[2]:
         key_grid = model.token_grid(key.shape[2], call.latent_hw)
-    scale = getattr(call.module, "scale", query.shape[-1] ** -0.5)
-    return attention_probs_reduced(query, key, scale, mask, query_grid, key_grid, reduction).cpu()
+    scale = getattr(call.module, "scale", getattr(call.module, "scaling", query.shape[-1] ** -0.5))
+    return attention_probs_reduced(query, key, scale, mask, query_grid, key_grid, reduction,
+                                   model.head_signs(call.module)).cpu()

@@ -10,6 +10,7 @@ import torch
 
 from probing.models.testbed import TestbedModel
 from probing.testbed.build import build_untrained
+from probing.testbed.dit import build_untrained_dit
 
 WORDS = "a an the sad happy calm waltz march ballad played on violin piano flute in mood".split()
 
@@ -38,9 +39,22 @@ def untrained_testbed_dir(tmp_path_factory, untrained_testbed) -> str:
     return str(folder)
 
 
+@pytest.fixture(scope="session")
+def untrained_testbed_dit():
+    """The flow-matching DiT testbed with random weights (probing.models.testbed_dit.TestbedDiTModel); the
+    layers LongCat initialises to zero are re-drawn, else an untrained DiT predicts 0 everywhere."""
+    from probing.models.longcat import live_outputs
+    from probing.models.testbed_dit import TestbedDiTModel
+
+    pipe = build_untrained_dit(WORDS, seed=0)
+    live_outputs(pipe.transformer)
+    pipe.set_progress_bar_config(disable=True)
+    return TestbedDiTModel(pipe, "testbed-dit-untrained")
+
+
 def all_hooks(model) -> int:
     """How many forward hooks/pre-hooks sit on the denoiser and every attention module and projection."""
     modules = [model.denoiser]
     for attention in model.attention_modules().values():
-        modules += [attention, attention.to_q, attention.to_k]
+        modules += [attention, *{id(t.projection): t.projection for t in model.qk_taps(attention)}.values()]
     return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in modules)

@@ -23,6 +23,19 @@ from probing.errors import MelodiaError
 ATTENTION_CLASSES = (Attention, AttentionModuleMixin)
 
 
+@dataclass(frozen=True)
+class QKTap:
+    """Where an attention module's projected Q or K appears: channels `channels` (None: all) of `projection`'s output.
+
+    Hooks read (and may replace) exactly those channels; a fused projection (Q, K and V in one
+    Linear) gives two taps on the same module.
+    """
+
+    projection: torch.nn.Module
+    which: str  # "q" | "k"
+    channels: slice | None = None
+
+
 @dataclass
 class Conditioning:
     """Denoiser keyword arguments for one batch; under CFG the batch is [uncond, cond]."""
@@ -42,6 +55,9 @@ class DiffusionModel(ABC):
     family: ClassVar[str]
     pipeline_classes: ClassVar[tuple[str, ...]]
     default_edit_layers: ClassVar[str] = "self:*"
+    # "epsilon": a DDPM/DDIM-family scheduler (predict_noise follows its prediction_type);
+    # "flow": flow matching, predict_noise returns the velocity dx/dsigma (see probing.models.flow).
+    prediction: ClassVar[str] = "epsilon"
     sample_rate: int
 
     def __init__(self, pipeline: DiffusionPipeline, name: str):
@@ -84,6 +100,32 @@ class DiffusionModel(ABC):
         grid = (math.ceil(height / factor), math.ceil(width / factor))
         return grid if grid[0] * grid[1] == n_tokens else (n_tokens, 1)
 
+    # ---- attention geometry: how each family's processor turns projections into attention ------------
+    def qk_taps(self, module: torch.nn.Module) -> list[QKTap]:
+        """Where `module`'s Q and K are projected (default: the outputs of `to_q` and `to_k`)."""
+        return [QKTap(module.to_q, "q"), QKTap(module.to_k, "k")]
+
+    def attention_kind(self, module: torch.nn.Module, call_kwargs: dict[str, Any]) -> str:
+        """"cross" when the call attends to a context (`encoder_hidden_states` or `context`), else "self".
+
+        `call_kwargs` holds every argument of the module's forward but the first, by name."""
+        context = call_kwargs.get("encoder_hidden_states", call_kwargs.get("context"))
+        return "self" if context is None else "cross"
+
+    def map_mask(self, module: torch.nn.Module, call_kwargs: dict[str, Any], query_len: int, key_len: int,
+                 batch: int) -> torch.Tensor | None:
+        """The additive mask the processor applies, broadcastable to (batch, heads, query_len, key_len)."""
+        mask = call_kwargs.get("attention_mask")
+        if mask is None:
+            return None
+        prepared = module.prepare_attention_mask(mask, key_len, batch)
+        return prepared.view(batch, module.heads, -1, prepared.shape[-1])
+
+    def head_signs(self, module: torch.nn.Module) -> torch.Tensor | None:
+        """How `heads_qk`'s heads combine into the attention the model applies: None when each head is
+        one map; a (2H,) tensor of +1/-1 for differential attention (softmax(Q1K1) - softmax(Q2K2))."""
+        return None
+
     def heads_qk(self, module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor,
                  call_kwargs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Projected Q/K (B, N, heads*d) -> (B, heads, N, d), exactly as the processor uses them."""
@@ -120,6 +162,11 @@ class DiffusionModel(ABC):
     @abstractmethod
     def dummy_denoiser_inputs(self, batch: int = 1) -> dict[str, Any]:
         """Keyword arguments for one denoiser forward at the default clip length (used to measure layers)."""
+
+    def sampling_timesteps(self, steps: int) -> list[float]:
+        """The denoiser's timestep argument at each step of a `steps`-step generation."""
+        self.scheduler.set_timesteps(steps)
+        return [float(t) for t in self.scheduler.timesteps]
 
     def denoise_call(self, latents: torch.Tensor, t: torch.Tensor | int, cond: Conditioning) -> torch.Tensor:
         """One denoiser forward for the (already CFG-expanded) batch."""
