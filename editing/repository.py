@@ -23,8 +23,12 @@ from safetensors.torch import load_file, save_file
 def predicted_bytes(model, modules, steps: int) -> int:
     """Repository size for `steps` inverted steps of `modules` (probing.layers.ModuleInfo): Q and K, batch 1."""
     attention = model.attention_modules()
-    per_step = sum(m.query_tokens * attention[m.path].to_q.out_features
-                   + m.key_tokens * attention[m.path].to_k.out_features for m in modules)
+
+    def width(path: str, which: str) -> int:  # channels of the Q or K tap(s): fused projections hold a slice
+        taps = [t for t in model.qk_taps(attention[path]) if t.which == which]
+        return sum(len(range(t.projection.out_features)[t.channels or slice(None)]) for t in taps)
+
+    per_step = sum(m.query_tokens * width(m.path, "q") + m.key_tokens * width(m.path, "k") for m in modules)
     return per_step * steps * torch.finfo(model.dtype).bits // 8
 
 

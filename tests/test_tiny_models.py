@@ -16,7 +16,8 @@ from probing.models.tiny import TINY_MODELS, build_tiny, load_reference_config, 
 pytestmark = pytest.mark.filterwarnings("ignore:Should have t:UserWarning")
 
 # What one short generation returns: (batch, samples), (batch, channels, samples), (batch, H, W, RGB).
-EXPECTED_SHAPE = {"tiny-audioldm2": (1, 20480), "tiny-stable-audio": (1, 2, 44100), "tiny-unet": (1, 64, 64, 3)}
+EXPECTED_SHAPE = {"tiny-audioldm2": (1, 20480), "tiny-stable-audio": (1, 2, 44100), "tiny-unet": (1, 64, 64, 3),
+                  "tiny-ace-step": (1, 2, 96000), "tiny-stable-audio-3": (1, 2, 44100), "tiny-longcat": (1, 1, 47104)}
 
 
 def generate(pipe, name: str, seed: int = 0) -> np.ndarray:
@@ -26,6 +27,12 @@ def generate(pipe, name: str, seed: int = 0) -> np.ndarray:
         return pipe("a sad waltz on violin", audio_length_in_s=1.28, **common).audios
     if name == "tiny-stable-audio":
         return pipe("a sad waltz on violin", audio_end_in_s=1.0, **common).audios.numpy()
+    if name == "tiny-ace-step":
+        return pipe("a sad waltz on violin", audio_duration=2.0, output_type="np", **common).audios
+    if name == "tiny-stable-audio-3":
+        return pipe("a sad waltz on violin", duration=1.0, **common).audios.numpy()
+    if name == "tiny-longcat":
+        return pipe("a sad waltz on violin", audio_duration_s=2.0, **common).audios
     return pipe("a sad waltz on violin", height=64, width=64, output_type="np", **common).images
 
 
@@ -92,7 +99,7 @@ def test_the_seed_decides_every_weight(name):
     first, again, other = state(build_tiny(name, seed=0)), state(build_tiny(name, seed=0)), state(build_tiny(name, 1))
     assert first.keys() == again.keys() == other.keys()
     assert all(torch.equal(first[k], again[k]) for k in first)
-    denoiser = "unet." if name != "tiny-stable-audio" else "transformer."
+    denoiser = "unet." if name in ("tiny-audioldm2", "tiny-unet") else "transformer."
     changed = [k for k in first if k.startswith(denoiser) and not torch.equal(first[k], other[k])]
     assert len(changed) > 10
 

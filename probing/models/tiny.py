@@ -15,6 +15,7 @@ Examples:
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
@@ -31,13 +32,15 @@ from tokenizers import pre_tokenizers
 if TYPE_CHECKING:
     from diffusers import DiffusionPipeline
 
-TINY_MODELS = ("tiny-audioldm2", "tiny-stable-audio", "tiny-unet")
+TINY_MODELS = ("tiny-audioldm2", "tiny-stable-audio", "tiny-unet", "tiny-ace-step", "tiny-stable-audio-3",
+               "tiny-longcat")
 
 # Bump when a builder changes, so cached pipeline folders from older builders are not reused.
 TINY_VERSION = "1"
 
 _CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-REFERENCE_CONFIGS = ("audioldm2_music_unet", "stable_audio_open_transformer")
+REFERENCE_CONFIGS = ("audioldm2_music_unet", "stable_audio_open_transformer", "ace_step_transformer",
+                     "stable_audio_3_transformer", "longcat_audio_dit_transformer")
 
 # The tokenizers' vocabulary: each of these words is one token, so the per-token cross-attention
 # maps of a tiny model line up with words as they do in a real model. Other text is spelled in
@@ -268,7 +271,16 @@ def _tiny_unet(seed: int):
     )
 
 
-_BUILDERS = {"tiny-audioldm2": _tiny_audioldm2, "tiny-stable-audio": _tiny_stable_audio, "tiny-unet": _tiny_unet}
+def _flow_family(module: str):
+    """The tiny builder of a flow-matching family, kept next to its adapter (`build_tiny_pipeline(seed)`)."""
+    def build(seed: int):
+        return importlib.import_module(f"probing.models.{module}").build_tiny_pipeline(seed)
+    return build
+
+
+_BUILDERS = {"tiny-audioldm2": _tiny_audioldm2, "tiny-stable-audio": _tiny_stable_audio, "tiny-unet": _tiny_unet,
+             "tiny-ace-step": _flow_family("ace_step"), "tiny-stable-audio-3": _flow_family("stable_audio_3"),
+             "tiny-longcat": _flow_family("longcat")}
 
 
 def _check_name(name: str) -> None:
