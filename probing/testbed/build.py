@@ -60,15 +60,19 @@ def build_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
 
 
+def build_text_encoder(tokenizer: PreTrainedTokenizerFast) -> T5EncoderModel:
+    """The testbeds' small T5 encoder (2 layers, width TEXT_DIM), randomly initialised."""
+    return T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=16, d_ff=128, num_layers=2,
+                                   num_heads=4, dropout_rate=0.0, pad_token_id=tokenizer.pad_token_id,
+                                   eos_token_id=tokenizer.eos_token_id))
+
+
 def build_untrained(words: Iterable[str], seed: int = 0, codec: MelCodec | None = None) -> TestbedPipeline:
     """A randomly initialised testbed over the caption vocabulary `words`."""
     codec = codec or MelCodec()
     tokenizer = build_tokenizer(words)
     torch.manual_seed(seed)
-    text_encoder = T5EncoderModel(T5Config(vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=16, d_ff=128,
-                                           num_layers=2, num_heads=4, dropout_rate=0.0,
-                                           pad_token_id=tokenizer.pad_token_id,
-                                           eos_token_id=tokenizer.eos_token_id))
+    text_encoder = build_text_encoder(tokenizer)
     channels = codec.latent_shape[0]
     unet = UNet2DConditionModel(sample_size=codec.latent_shape[1:], in_channels=channels, out_channels=channels,
                                 **UNET_CONFIG)

@@ -24,7 +24,42 @@ from probing.testbed.codec import MelCodec
 MAX_PROMPT_TOKENS = 16
 
 
-class TestbedPipeline(DiffusionPipeline):
+class TestbedTextAudio(DiffusionPipeline):
+    """What both testbeds share: the word-level text encoder and the mel codec (settings in the config)."""
+
+    def _register_codec(self, **settings) -> None:
+        self.codec = MelCodec(**settings)
+        self.register_to_config(**{k: v for k, v in self.codec.to_config().items() if k != "griffin_lim_iters"})
+
+    @property
+    def sample_rate(self) -> int:
+        return self.codec.sample_rate
+
+    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Captions -> (hidden states (B, tokens, dim), attention mask (B, tokens))."""
+        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=MAX_PROMPT_TOKENS,
+                                truncation=True, return_tensors="pt")
+        ids = tokens.input_ids.to(self.text_encoder.device)
+        mask = tokens.attention_mask.to(self.text_encoder.device)
+        hidden = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
+        return hidden, mask
+
+    def conditioning(self, prompts: list[str], guidance_scale: float,
+                     negative_prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text conditioning in the order the denoiser batch has ([uncond, cond] under CFG)."""
+        if guidance_scale <= 1.0:
+            return self.encode_prompt(prompts)
+        negative = negative_prompts or [""] * len(prompts)
+        hidden, mask = self.encode_prompt(list(negative) + list(prompts))
+        return hidden, mask
+
+    def _prompts(self, prompt: str | list[str], negative_prompt: str | list[str] | None):
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        negative = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
+        return prompts, negative
+
+
+class TestbedPipeline(TestbedTextAudio):
     """Text -> 4.096 s of 16 kHz music, trained by melodia on synthetic renders."""
 
     __test__ = False  # not a pytest test class, despite the name
@@ -37,22 +72,8 @@ class TestbedPipeline(DiffusionPipeline):
                  frames: int = 256, latent_factor: int = 4, mel_mean: float = -4.0, mel_std: float = 2.5):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
-        self.codec = MelCodec(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                              frames=frames, latent_factor=latent_factor, mel_mean=mel_mean, mel_std=mel_std)
-        self.register_to_config(**{k: v for k, v in self.codec.to_config().items() if k != "griffin_lim_iters"})
-
-    @property
-    def sample_rate(self) -> int:
-        return self.codec.sample_rate
-
-    def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Captions -> (hidden states (B, tokens, dim), attention mask (B, tokens))."""
-        tokens = self.tokenizer(list(prompts), padding="max_length", max_length=MAX_PROMPT_TOKENS,
-                                truncation=True, return_tensors="pt")
-        ids = tokens.input_ids.to(self.unet.device)
-        mask = tokens.attention_mask.to(self.unet.device)
-        hidden = self.text_encoder(input_ids=ids, attention_mask=mask).last_hidden_state
-        return hidden, mask
+        self._register_codec(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
+                             frames=frames, latent_factor=latent_factor, mel_mean=mel_mean, mel_std=mel_std)
 
     def encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, clip_samples) waveform at `sample_rate` -> latents (B, 16, 64, 16)."""
@@ -72,21 +93,11 @@ class TestbedPipeline(DiffusionPipeline):
         eps_uncond, eps_cond = eps.chunk(2)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
-    def conditioning(self, prompts: list[str], guidance_scale: float,
-                     negative_prompts: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Text conditioning in the order predict_noise expects ([uncond, cond] under CFG)."""
-        if guidance_scale <= 1.0:
-            return self.encode_prompt(prompts)
-        negative = negative_prompts or [""] * len(prompts)
-        hidden, mask = self.encode_prompt(list(negative) + list(prompts))
-        return hidden, mask
-
     @torch.no_grad()
     def __call__(self, prompt: str | list[str], num_inference_steps: int = 50, guidance_scale: float = 3.0,
                  negative_prompt: str | list[str] | None = None, generator: torch.Generator | None = None,
                  latents: torch.Tensor | None = None, output_type: str = "np") -> AudioPipelineOutput:
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        negative = [negative_prompt] * len(prompts) if isinstance(negative_prompt, str) else negative_prompt
+        prompts, negative = self._prompts(prompt, negative_prompt)
         hidden, mask = self.conditioning(prompts, guidance_scale, negative)
         if latents is None:
             latents = torch.randn((len(prompts), *self.codec.latent_shape), generator=generator,

@@ -1,6 +1,11 @@
-"""Train the testbed on synthetic music: resumable, time-boxed, exports a diffusers pipeline.
+"""Train a testbed on synthetic music: resumable, time-boxed, exports a diffusers pipeline.
 
     python -m probing.testbed.train --run runs/testbed --minutes 85 --out probing/testbed/weights
+    python -m probing.testbed.train --arch dit --run runs/testbed-dit --minutes 85 --out probing/testbed/weights_dit
+
+`--arch unet` (the UNet/DDIM testbed) learns eps with min-SNR weighting; `--arch dit` (the
+flow-matching DiT testbed) learns the rectified-flow velocity eps - x0 at sigma drawn from a
+logit-normal (Esser et al. 2024), x_sigma = (1 - sigma) x0 + sigma eps.
 
 Re-running the same command resumes from `<run>/checkpoint`. The rendered training set is cached
 in `<run>/data.npz`; losses go to `<run>/loss.csv`; the export (EMA weights) is written to a
@@ -26,7 +31,11 @@ from probing.synth import caption, class_lists, templates
 from probing.testbed.build import build_untrained
 from probing.testbed.codec import MelCodec
 from probing.testbed.data import ATTRIBUTES, TestbedData, caption_vocabulary, render_dataset
+from probing.testbed.dit import TestbedDiTPipeline, build_untrained_dit
 from probing.testbed.pipeline import TestbedPipeline
+
+ARCHITECTURES = {"unet": (build_untrained, TestbedPipeline, "unet"),
+                 "dit": (build_untrained_dit, TestbedDiTPipeline, "transformer")}
 
 CAPTION_DROPOUT = 0.1  # empty caption, so classifier-free guidance works
 MIN_SNR_GAMMA = 5.0
@@ -35,11 +44,13 @@ MIN_SNR_GAMMA = 5.0
 class Trainer:
     """One training run: model, optimiser, EMA, data; `checkpoint()`/`resume()` round-trip all of it."""
 
-    def __init__(self, run: Path, data: TestbedData, words: list[str], lr: float, batch: int, seed: int):
-        self.run, self.data, self.words, self.batch = run, data, words, batch
+    def __init__(self, run: Path, data: TestbedData, words: list[str], lr: float, batch: int, seed: int,
+                 arch: str = "unet"):
+        self.run, self.data, self.words, self.batch, self.arch = run, data, words, batch, arch
         codec = MelCodec(mel_mean=data.mel_mean, mel_std=data.mel_std)
-        self.pipe = build_untrained(words, seed=seed, codec=codec)
-        self.modules = {"unet": self.pipe.unet, "text_encoder": self.pipe.text_encoder}
+        build, self.pipeline_class, denoiser = ARCHITECTURES[arch]
+        self.pipe = build(words, seed=seed, codec=codec)
+        self.modules = {denoiser: getattr(self.pipe, denoiser), "text_encoder": self.pipe.text_encoder}
         params = [p for m in self.modules.values() for p in m.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
         self.ema = {name: copy.deepcopy(m).requires_grad_(False) for name, m in self.modules.items()}
@@ -47,7 +58,6 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.classes = class_lists()
         self.template_ids = sorted(templates())
-        self.alphas = self.pipe.scheduler.alphas_cumprod.float()
         self.lr = lr
 
     def captions(self, label_rows: np.ndarray) -> list[str]:
@@ -60,18 +70,31 @@ class Trainer:
             out.append(caption(*names, int(self.rng.choice(self.template_ids)), alias_rng=self.rng))
         return out
 
-    def train_step(self) -> float:
-        index = self.rng.integers(0, len(self.data.latents), self.batch)
-        x0 = torch.from_numpy(self.data.latents[index].astype(np.float32))
-        hidden, mask = self.pipe.encode_prompt(self.captions(self.data.labels[index]))
-        t = torch.from_numpy(self.rng.integers(0, len(self.alphas), self.batch))
-        noise = torch.from_numpy(self.rng.standard_normal(x0.shape).astype(np.float32))
-        a = self.alphas[t].view(-1, 1, 1, 1)
+    def eps_loss(self, x0: torch.Tensor, noise: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        alphas = self.pipe.scheduler.alphas_cumprod.float()
+        t = torch.from_numpy(self.rng.integers(0, len(alphas), self.batch))
+        a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         eps = self.pipe.unet(xt, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
         snr = a.flatten() / (1 - a.flatten())
         weight = snr.clamp(max=MIN_SNR_GAMMA) / snr  # min-SNR weighting (Hang et al. 2023): faster convergence
-        loss = (weight * F.mse_loss(eps, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        return (weight * F.mse_loss(eps, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+    def flow_loss(self, x0: torch.Tensor, noise: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x0, noise = self.pipe.to_sequence(x0), self.pipe.to_sequence(noise)
+        sigma = torch.sigmoid(torch.from_numpy(self.rng.standard_normal(self.batch).astype(np.float32)))
+        s = sigma.view(-1, 1, 1)
+        xt = (1 - s) * x0 + s * noise
+        v = self.pipe.transformer(hidden_states=xt, encoder_hidden_states=hidden, encoder_attention_mask=mask.bool(),
+                                  timestep=sigma).sample
+        return F.mse_loss(v, noise - x0)
+
+    def train_step(self) -> float:
+        index = self.rng.integers(0, len(self.data.latents), self.batch)
+        x0 = torch.from_numpy(self.data.latents[index].astype(np.float32))
+        hidden, mask = self.pipe.encode_prompt(self.captions(self.data.labels[index]))
+        noise = torch.from_numpy(self.rng.standard_normal(x0.shape).astype(np.float32))
+        loss = (self.flow_loss if self.arch == "dit" else self.eps_loss)(x0, noise, hidden, mask)
         warmup = min(1.0, (self.step + 1) / 200)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr * warmup
@@ -98,7 +121,7 @@ class Trainer:
             save_model(module, tmp / f"{name}.safetensors")
             save_model(self.ema[name], tmp / f"ema_{name}.safetensors")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        state = {"step": self.step, "words": self.words, "rng": self.rng.bit_generator.state}
+        state = {"step": self.step, "words": self.words, "arch": self.arch, "rng": self.rng.bit_generator.state}
         (tmp / "state.json").write_text(json.dumps(state))
         final = self.run / "checkpoint"
         shutil.rmtree(final, ignore_errors=True)
@@ -109,6 +132,8 @@ class Trainer:
         if not (folder / "state.json").exists():
             return False
         state = json.loads((folder / "state.json").read_text())
+        if state.get("arch", "unet") != self.arch:
+            raise SystemExit(f"{folder} is a checkpoint of the {state.get('arch', 'unet')} testbed, not {self.arch}")
         if state["words"] != self.words:
             raise SystemExit(f"{folder} was trained on another caption vocabulary; use a new --run folder")
         for name, module in self.modules.items():
@@ -121,7 +146,7 @@ class Trainer:
 
     def init_from(self, folder: Path) -> None:
         """Start from an exported pipeline's weights (model and EMA; fresh optimiser), e.g. to train on."""
-        source = TestbedPipeline.from_pretrained(folder)
+        source = self.pipeline_class.from_pretrained(folder)
         if source.tokenizer.get_vocab() != self.pipe.tokenizer.get_vocab():
             raise SystemExit(f"{folder} has another caption vocabulary than this run")
         if abs(source.codec.mel_mean - self.data.mel_mean) > 1e-3 or abs(source.codec.mel_std - self.data.mel_std) > 1e-3:
@@ -132,7 +157,7 @@ class Trainer:
             module.load_state_dict(state)
             self.ema[name].load_state_dict(state)
 
-    def export(self, out: Path) -> TestbedPipeline:
+    def export(self, out: Path) -> TestbedPipeline | TestbedDiTPipeline:
         """Save the EMA weights as a diffusers pipeline folder (safetensors), atomically."""
         for name, module in self.modules.items():
             module.load_state_dict(self.ema[name].state_dict())
@@ -146,6 +171,8 @@ class Trainer:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="unet",
+                        help="unet: the DDIM UNet testbed; dit: the flow-matching DiT testbed")
     parser.add_argument("--run", type=Path, default=Path("runs/testbed"), help="checkpoint/log folder")
     parser.add_argument("--out", type=Path, default=None, help="export the trained pipeline here when done")
     parser.add_argument("--clips", type=int, default=6000, help="training clips to render")
@@ -170,7 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
         data = render_dataset(args.clips, seed=args.seed, workers=args.threads)
         data.save(data_path)
-    trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed)
+    trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed, args.arch)
     if trainer.resume():
         print(f"resumed at step {trainer.step}")
     elif args.init_from is not None:

@@ -1,0 +1,81 @@
+"""Adapter for melodia's flow-matching DiT testbed (`--model testbed-dit`), a `TestbedDiTPipeline`.
+
+A layer is one `LongCatAudioDiTTransformer` block (`blocks.N`: `self_attn`, then `cross_attn` to
+the caption tokens); the attention geometry (RoPE, pre-split q/k norms, masks) is LongCat-AudioDiT's.
+The denoiser's timestep is sigma itself (1 = noise), as in LongCat's pipeline.
+
+Examples:
+    >>> model = load_model("testbed-dit")
+    >>> wave = model.generate("a calm waltz played on the flute", steps=25, guidance=3.0, seed=0)
+    >>> wave.shape, model.sample_rate
+    ((65536,), 16000)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from probing.models.base import Conditioning
+from probing.models.flow import FlowModel
+from probing.models.longcat import AudioDiTAttentionGeometry
+from probing.testbed.dit import sigma_schedule
+from probing.testbed.pipeline import MAX_PROMPT_TOKENS
+
+
+class TestbedDiTModel(AudioDiTAttentionGeometry, FlowModel):
+
+    __test__ = False  # not a pytest test class, despite the name
+    family = "testbed-dit"
+    pipeline_classes = ("TestbedDiTPipeline",)
+    default_edit_layers = "self:6-10"  # the later-middle blocks, as AudioLDM 2's 8-14 of 16
+
+    @property
+    def sample_rate(self) -> int:
+        return self.pipeline.codec.sample_rate
+
+    @property
+    def clip_samples(self) -> int:
+        return self.pipeline.codec.clip_samples
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return self.pipeline.latent_shape
+
+    def flow_sigmas(self, steps: int) -> torch.Tensor:
+        scheduler = self.pipeline.scheduler
+        scheduler.set_timesteps(sigmas=sigma_schedule(steps))
+        return scheduler.sigmas.clone()
+
+    def timestep_for(self, sigma: torch.Tensor | float) -> torch.Tensor:
+        """sigma as the pipeline computes it: its scheduler timestep (sigma x 1000) / 1000."""
+        scale = self.scheduler.config.num_train_timesteps
+        return (torch.as_tensor(sigma, dtype=torch.float32) * scale) / scale
+
+    def encode_prompt(self, prompts: list[str], guidance: float, negative: list[str] | None = None) -> Conditioning:
+        hidden, mask = self.pipeline.conditioning(list(prompts), guidance, negative)
+        return Conditioning({"encoder_hidden_states": hidden, "encoder_attention_mask": mask.bool()},
+                            guided=guidance > 1.0, prompts=list(prompts))
+
+    def denoise_call(self, latents: torch.Tensor, t: torch.Tensor | float, cond: Conditioning) -> torch.Tensor:
+        timestep = torch.as_tensor(t, dtype=latents.dtype, device=latents.device).expand(latents.shape[0])
+        return self.denoiser(hidden_states=latents, timestep=timestep, **cond.kwargs, return_dict=False)[0]
+
+    def generate(self, prompt: str, steps: int, guidance: float, seed: int, decode: bool = True) -> np.ndarray:
+        generator = torch.Generator().manual_seed(seed)
+        out = self.pipeline(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
+                            output_type="np" if decode else "latent").audios[0]
+        return out if decode else out.cpu().numpy()
+
+    def encode_audio(self, wave: np.ndarray) -> torch.Tensor:
+        return self.pipeline.encode_audio(torch.as_tensor(wave, dtype=torch.float32).unsqueeze(0))
+
+    def decode(self, latents: torch.Tensor) -> np.ndarray:
+        return self.pipeline.decode_latents(latents)[0].cpu().numpy().astype(np.float32)
+
+    def dummy_denoiser_inputs(self, batch: int = 1) -> dict[str, Any]:
+        dim = self.pipeline.text_encoder.config.d_model
+        return {"hidden_states": torch.randn(batch, *self.latent_shape), "timestep": torch.full((batch,), 0.5),
+                "encoder_hidden_states": torch.randn(batch, MAX_PROMPT_TOKENS, dim),
+                "encoder_attention_mask": torch.ones(batch, MAX_PROMPT_TOKENS, dtype=torch.bool)}

@@ -1,0 +1,64 @@
+"""The DiT testbed's adapter (random weights): layers, capture at the sampling timesteps, maps, audio round trip."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from probing.hooks import AttentionHooks
+from probing.layers import measure_layer_table
+from probing.maps import Reduction, reduce_call
+from probing.recorder import AttentionRecorder
+
+PROMPT = "a sad waltz played on violin"
+
+
+def test_one_layer_per_dit_block_of_self_then_cross_attention(untrained_testbed_dit):
+    table = measure_layer_table(untrained_testbed_dit)
+    assert table.n_layers == 12 and table.counts() == {"self": 12, "cross": 12}
+    first, second = table.modules[:2]
+    assert (first.path, first.kind, first.layer) == ("blocks.0.self_attn", "self", 1)
+    assert (second.path, second.kind, second.layer) == ("blocks.0.cross_attn", "cross", 1)
+    assert (first.query_tokens, first.key_tokens, first.grid) == (64, 64, (64, 1))  # 64 frames of 64 ms
+    assert second.key_tokens == 16  # caption tokens
+
+
+def test_capture_keeps_the_output_and_sees_the_sampling_timesteps(untrained_testbed_dit):
+    model = untrained_testbed_dit
+    before = model.generate(PROMPT, steps=3, guidance=3.0, seed=0, decode=False)
+    with AttentionRecorder(model, "self:1+cross:12") as recorder:
+        during = model.generate(PROMPT, steps=3, guidance=3.0, seed=0, decode=False)
+    assert np.array_equal(before, during)
+    for module in recorder.modules:
+        timesteps, maps = recorder.stacked(module.path)
+        assert timesteps == model.sampling_timesteps(3) and len(maps) == 3
+
+
+def test_recomputed_maps_reproduce_the_attention_output(untrained_testbed_dit):
+    model, values, outputs, calls, handles = untrained_testbed_dit, {}, {}, [], []
+    modules = model.attention_modules()
+    for path in ("blocks.3.self_attn", "blocks.3.cross_attn"):
+        handles.append(modules[path].to_v.register_forward_hook(lambda m, a, o, p=path: values.setdefault(p, o)))
+        handles.append(modules[path].to_out[0].register_forward_pre_hook(
+            lambda m, a, p=path: outputs.setdefault(p, a[0])))
+    try:
+        with AttentionHooks(model, ["blocks.3.self_attn", "blocks.3.cross_attn"], on_call=calls.append):
+            model.generate(PROMPT, steps=1, guidance=3.0, seed=0, decode=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    for call in calls:
+        probs = reduce_call(model, call, Reduction(heads="all", grid=None, batch="both"))
+        heads = probs.shape[1]
+        value = values[call.path].view(2, -1, heads, values[call.path].shape[-1] // heads).transpose(1, 2)
+        attended = (probs @ value.float()).transpose(1, 2).flatten(2)
+        assert (attended - outputs[call.path]).abs().max() < 1e-5, call.path
+
+
+def test_audio_round_trips_through_the_latent_sequence(untrained_testbed_dit):
+    model = untrained_testbed_dit
+    wave = (0.3 * np.sin(2 * np.pi * 440 * np.arange(model.clip_samples) / model.sample_rate)).astype(np.float32)
+    latents = model.encode_audio(wave)
+    assert tuple(latents.shape) == (1, 64, 256)
+    codec = model.pipeline.codec.encode(torch.from_numpy(wave)[None])
+    assert torch.equal(model.pipeline.from_sequence(latents), codec)
+    assert model.decode(latents).shape == wave.shape
