@@ -1,11 +1,14 @@
 """Edit overhead: a Melodia edit (Q/K recorded, then injected) / the DDIM edit without injection.
 
-    python benchmarks/edit_overhead.py                 # the testbed, whole edits through Melodia.edit
-    python benchmarks/edit_overhead.py --full-size     # + the real AudioLDM 2 UNet config, random weights
+    python benchmarks/edit_overhead.py --threads 1                     # the testbed, whole edits (Melodia.edit)
+    python benchmarks/edit_overhead.py --model testbed --model testbed-dit --threads 1   # + the DiT testbed
+    python benchmarks/edit_overhead.py --full-size                     # + the real AudioLDM 2 UNet, random weights
 
 Both arms run in this process, alternating, with the same source, prompt, steps, t_start and seed;
 the ratio is measured in one run, for the whole edit and for inversion + denoising alone (where
-the recording and injection happen). The full-size arm has no codec or text encoders: it times
+the recording and injection happen), on the fastest of --repeats runs of each arm. Wall time and
+this process's CPU time are both reported: on a shared machine the CPU-time ratio is the one to
+trust (another job stretches wall time, not the CPU time an edit needs; run with --threads 1). The full-size arm has no codec or text encoders: it times
 inversion + denoising of a random 10.24 s latent with random conditioning (CFG batch 2), self:8-14.
 Both print the repository bytes predicted from the layer table next to the bytes measured.
 """
@@ -25,35 +28,38 @@ from probing.models.base import Conditioning
 PROMPT = "a happy waltz played on the violin"
 
 
-def timed(run) -> tuple[float, object]:
-    """Seconds one call of `run` takes, and its result."""
-    start = time.perf_counter()
+def timed(run) -> tuple[float, float, object]:
+    """Wall seconds and this process's CPU seconds one call of `run` takes, and its result."""
+    wall, cpu = time.perf_counter(), time.process_time()
     result = run()
-    return time.perf_counter() - start, result
+    return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def testbed_ratio(steps: int, t_start: float, repeats: int) -> None:
+def testbed_ratio(model_name: str, baseline: str, steps: int, t_start: float, repeats: int) -> None:
     from probing.models import load_model
     from probing.synth import render_clip
 
-    editor = Melodia(load_model("testbed"))
+    editor = Melodia(load_model(model_name))
     source = render_clip("piano", "waltz", "happy", 3)
 
     def edit(method: str):
         return lambda: editor.edit(source, PROMPT, method=method, steps=steps, t_start=t_start)
 
-    edit("ddim")()  # warm-up
-    runs = {"ddim": [], "melodia": []}
+    edit(baseline)()  # warm-up
+    edit("melodia")()  # warm-up; measures the layer table once
+    runs = {baseline: [], "melodia": []}
     for _ in range(repeats):  # alternating arms
         for method in runs:
             runs[method].append(timed(edit(method)))
-    total = {m: min(seconds for seconds, _ in r) for m, r in runs.items()}
-    core = {m: min(result.timings["invert"] + result.timings["denoise"] for _, result in r) for m, r in runs.items()}
-    result = runs["melodia"][-1][1]
-    print(f"testbed, {steps} steps, t_start {t_start}, layers auto ({len(result.injected)} modules): "
-          f"edit ddim {total['ddim']:.2f} s, melodia {total['melodia']:.2f} s, "
-          f"ratio {total['melodia'] / total['ddim']:.3f}x; invert+denoise ratio {core['melodia'] / core['ddim']:.3f}x")
-    print(f"testbed repository bytes: predicted {result.repository_bytes['predicted']:,}, "
+    wall = {m: min(w for w, _, _ in r) for m, r in runs.items()}
+    cpu = {m: min(c for _, c, _ in r) for m, r in runs.items()}
+    core = {m: min(res.timings["invert"] + res.timings["denoise"] for _, _, res in r) for m, r in runs.items()}
+    result = runs["melodia"][-1][2]
+    print(f"{model_name}, {steps} steps, t_start {t_start}, layers auto ({len(result.injected)} modules), fastest of "
+          f"{repeats}: edit {baseline} {wall[baseline]:.2f} s, melodia {wall['melodia']:.2f} s, wall ratio "
+          f"{wall['melodia'] / wall[baseline]:.3f}x; CPU {cpu[baseline]:.2f} s vs {cpu['melodia']:.2f} s, CPU ratio "
+          f"{cpu['melodia'] / cpu[baseline]:.3f}x; invert+denoise wall ratio {core['melodia'] / core[baseline]:.3f}x")
+    print(f"{model_name} repository bytes: predicted {result.repository_bytes['predicted']:,}, "
           f"measured {result.repository_bytes['measured']:,}")
 
 
@@ -74,8 +80,8 @@ def full_size_ratio(steps: int, t_start: float) -> None:
             return ddim_sample(model, zt, target, steps, t_start, guidance=3.5)
 
     with AttentionRepository() as repository:
-        plain, _ = timed(lambda: edit([], repository))
-        melodia, _ = timed(lambda: edit(modules, repository))
+        plain, _, _ = timed(lambda: edit([], repository))
+        melodia, _, _ = timed(lambda: edit(modules, repository))
         measured = repository.nbytes
     predicted = predicted_bytes(model, modules, inverted_steps(steps, t_start))
     print(f"audioldm2-music full-size UNet (random weights), {steps} steps at t_start {t_start}, 10.24 s, self:8-14 "
@@ -85,14 +91,20 @@ def full_size_ratio(steps: int, t_start: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", choices=["testbed", "testbed-dit"],
+                        help="testbed model(s) to time (default: testbed; repeat the flag for both)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--t-start", type=float, default=0.6)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--full-size", action="store_true")
     parser.add_argument("--full-size-steps", type=int, default=4)
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
-    testbed_ratio(args.steps, args.t_start, args.repeats)
+    for name in args.model or ["testbed"]:
+        testbed_ratio(name, "ddim" if name == "testbed" else "inversion", args.steps, args.t_start, args.repeats)
     if args.full_size:
         full_size_ratio(args.full_size_steps, args.t_start)
 

@@ -1,11 +1,13 @@
 """Melodia: edit music with a text prompt while the source's structure stays (training-free).
 
-The source is DDIM-inverted with the empty prompt to `t_start` while the chosen self-attention
+The source is inverted with the empty prompt to `t_start` (DDIM inversion on DDPM-family models,
+the Euler ODE inversion of `editing.flow` on flow-matching models) while the chosen self-attention
 layers' Q/K are stored; the edit denoises from there with the target prompt only, the chosen
-layers using the source's Q/K of the same timestep and their own V. `method="ddim"` is the same
-call without injection (inversion + regeneration), the baseline every edit is compared with;
-`sdedit` and `ddpm-friendly` are the other baselines (`editing.baselines`). A source longer than
-the model's window is edited in overlapping windows joined by crossfades (`editing.windows`).
+layers using the source's Q/K of the same timestep and their own V. `method="inversion"` is the
+same call without injection (inversion + regeneration; `ddim` is its name on DDIM models), the
+baseline every edit is compared with; `sdedit` and, by family, `ddpm-friendly` (`editing.baselines`)
+or `flowedit` (`editing.flow`) are the others. A source longer than the model's window is edited
+in overlapping windows joined by crossfades (`editing.windows`).
 
 Examples:
     >>> editor = Melodia(load_model("testbed"))
@@ -23,6 +25,7 @@ import torch
 
 from editing.audio import validate_wave
 from editing.baselines import NoiseMaps, ddpm_noise_maps, ddpm_sample, sdedit_noise
+from editing.flow import flow_invert, flow_sample, flow_sdedit_noise, flowedit
 from editing.injection import inject_source_qk, record_source_qk
 from editing.inversion import ddim_invert, ddim_sample, inverted_steps
 from editing.repository import AttentionRepository, predicted_bytes
@@ -32,7 +35,11 @@ from probing.layers import LayerTable, ModuleInfo, measure_layer_table
 from probing.profile import LayerProfile
 from probing.models.base import Conditioning
 
-METHODS = ("melodia", "ddim", "sdedit", "ddpm-friendly")
+METHODS = ("melodia", "inversion", "ddim", "sdedit", "ddpm-friendly", "flowedit")
+# Which methods each kind of model runs ("inversion" is "ddim" on DDPM-family models).
+METHODS_BY_PREDICTION = {"epsilon": ("melodia", "inversion", "ddim", "sdedit", "ddpm-friendly"),
+                         "flow": ("melodia", "inversion", "sdedit", "flowedit")}
+SOURCE_PROMPT_METHODS = ("ddpm-friendly", "flowedit")  # the methods that take a source description
 WINDOW_OVERLAP = 0.25  # of the model's window, for sources longer than it
 MAX_SOURCE_SECONDS = 600.0
 
@@ -49,7 +56,7 @@ class EditSettings:
     guidance: float = 3.5
     seed: int = 0
     windows: bool = True
-    source_prompt: str = ""  # ddpm-friendly only: the prompt (and guidance) its noise maps are extracted with
+    source_prompt: str = ""  # ddpm-friendly / flowedit only: the prompt (and guidance) the source is seen with
     source_guidance: float = 1.0
 
 
@@ -105,10 +112,11 @@ class Melodia:
     """The editor for one model (any adapter: testbed, AudioLDM 2, ...)."""
 
     def __init__(self, model, memory_budget_mb: float = 1024.0, profile: LayerProfile | None = None):
-        if not hasattr(model.scheduler, "alphas_cumprod"):
-            raise MelodiaError(f"{model.name}: its {type(model.scheduler).__name__} is not a DDPM/DDIM-family "
-                               "scheduler, so DDIM inversion does not apply (flow-matching and k-diffusion "
-                               "models are not supported by the editor yet)")
+        self.flow = model.prediction == "flow"
+        if not self.flow and not hasattr(model.scheduler, "alphas_cumprod"):
+            raise MelodiaError(f"{model.name}: its {type(model.scheduler).__name__} is neither a DDPM/DDIM-family "
+                               "nor a flow-matching scheduler, so neither DDIM nor flow inversion applies "
+                               "(k-diffusion samplers are not supported by the editor)")
         self.model = model
         self.memory_budget_mb = memory_budget_mb
         self.profile = profile
@@ -160,17 +168,25 @@ class Melodia:
     def edit(self, wave: np.ndarray, target_prompt: str, method: str = "melodia", layers: str | None = "auto",
              t_start: float = 0.6, steps: int = 50, guidance: float = 3.5, seed: int = 0, windows: bool = True,
              source_prompt: str = "", source_guidance: float = 1.0, progress: bool = False) -> EditResult:
-        """Edit mono `wave` (at the model's rate) towards `target_prompt` with `method` (one of METHODS).
+        """Edit mono `wave` (at the model's rate) towards `target_prompt` with `method` (one of METHODS that
+        applies to the model: METHODS_BY_PREDICTION).
 
         A source longer than the model's window is edited in windows overlapping by WINDOW_OVERLAP,
         each with the same settings and seed, joined by crossfades; `windows=False` refuses it instead.
         `source_prompt` / `source_guidance` describe the source for ddpm-friendly's noise extraction
-        (Manor & Michaeli); Melodia and the other methods never need a source description.
+        (Manor & Michaeli) and FlowEdit's source velocity; Melodia and the other methods never need
+        a source description.
         """
         if method not in METHODS:
             raise MelodiaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        if method != "ddpm-friendly" and (source_prompt or source_guidance != 1.0):
-            raise MelodiaError(f"a source prompt / source guidance is used by ddpm-friendly only, not by {method}")
+        runs = METHODS_BY_PREDICTION[self.model.prediction]
+        if method not in runs:
+            kind = "a flow-matching" if self.flow else "a DDPM-family"
+            raise MelodiaError(f"method {method!r} does not apply to {self.model.name} ({kind} model); "
+                               f"choose one of {', '.join(runs)}")
+        if method not in SOURCE_PROMPT_METHODS and (source_prompt or source_guidance != 1.0):
+            raise MelodiaError(f"a source prompt / source guidance is used by {' and '.join(SOURCE_PROMPT_METHODS)} "
+                               f"only, not by {method}")
         settings = EditSettings(target_prompt, method, layers if method == "melodia" else "none", t_start, steps,
                                 guidance, seed, windows, source_prompt, source_guidance)
         inverted_steps(steps, t_start)  # validates t_start before any work
@@ -200,7 +216,7 @@ class Melodia:
             with _timed(timings, "invert"):
                 start = self._invert(settings, z0, source, modules, repository, generator, progress)
             with _timed(timings, "denoise"):
-                z_edit = self._denoise(settings, start, target, modules, repository, progress)
+                z_edit = self._denoise(settings, start, source, target, modules, repository, generator, progress)
             measured = repository.nbytes
         with _timed(timings, "decode"):
             audio = self.model.decode(z_edit)[: len(wave)]
@@ -211,17 +227,26 @@ class Melodia:
                 progress: bool) -> torch.Tensor | NoiseMaps:
         """The source latent -> where `method` starts denoising (a latent, or NoiseMaps for ddpm-friendly)."""
         if s.method == "sdedit":
-            return sdedit_noise(self.model, z0, s.steps, s.t_start, generator)
+            noise = flow_sdedit_noise if self.flow else sdedit_noise
+            return noise(self.model, z0, s.steps, s.t_start, generator)
         if s.method == "ddpm-friendly":
             return ddpm_noise_maps(self.model, z0, source, s.steps, s.t_start, generator, s.source_guidance,
                                    progress=progress)
+        if s.method == "flowedit":  # inversion-free: it starts from the source latent itself
+            return z0
+        invert = flow_invert if self.flow else ddim_invert
         with record_source_qk(self.model, modules, repository):  # source is the empty prompt here
-            return ddim_invert(self.model, z0, source, s.steps, s.t_start, progress=progress)
+            return invert(self.model, z0, source, s.steps, s.t_start, progress=progress)
 
-    def _denoise(self, s: EditSettings, start: torch.Tensor | NoiseMaps, target: Conditioning,
-                 modules: list[ModuleInfo], repository: AttentionRepository, progress: bool) -> torch.Tensor:
+    def _denoise(self, s: EditSettings, start: torch.Tensor | NoiseMaps, source: Conditioning, target: Conditioning,
+                 modules: list[ModuleInfo], repository: AttentionRepository, generator: torch.Generator,
+                 progress: bool) -> torch.Tensor:
         """Denoise from `start` with the target prompt (melodia: injecting the recorded Q/K)."""
         if s.method == "ddpm-friendly":
             return ddpm_sample(self.model, start, target, s.steps, s.t_start, s.guidance, progress=progress)
+        if s.method == "flowedit":
+            return flowedit(self.model, start, source, target, s.steps, s.t_start, s.guidance, s.source_guidance,
+                            generator, progress)
+        sample = flow_sample if self.flow else ddim_sample
         with inject_source_qk(self.model, modules, repository):
-            return ddim_sample(self.model, start, target, s.steps, s.t_start, s.guidance, progress=progress)
+            return sample(self.model, start, target, s.steps, s.t_start, s.guidance, progress=progress)

@@ -129,5 +129,5 @@ def test_the_editor_passes_the_source_prompt_to_ddpm_friendly(untrained_testbed,
     undescribed = editor.edit(source, PROMPT, method="ddpm-friendly", steps=STEPS, t_start=T_START, guidance=3.5)
     assert np.abs(undescribed.audio - codec_round_trip).mean() > 10 * np.abs(described.audio - codec_round_trip).mean()
     assert described.settings.source_prompt == PROMPT
-    with pytest.raises(MelodiaError, match="ddpm-friendly only"):
+    with pytest.raises(MelodiaError, match="ddpm-friendly and flowedit only"):
         editor.edit(source, PROMPT, method="melodia", source_prompt="a piano waltz")

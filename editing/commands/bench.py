@@ -6,7 +6,8 @@ import sys
 
 from editing.commands.common import add_model_argument, formatter, print_json
 
-DEFAULT_METHODS = "melodia,ddim,sdedit,ddpm-friendly"
+DEFAULT_METHODS = "melodia,ddim,sdedit,ddpm-friendly"  # on DDPM-family models
+DEFAULT_FLOW_METHODS = "melodia,inversion,sdedit,flowedit"  # on flow-matching models
 HELP = f"""Run edit methods over a benchmark manifest; write one row per (item, method), then the summary.
 
 MANIFEST is a shipped name (testbed, musicdelta, melodiaedit, zome-bench; datasets/editing/) or a
@@ -25,6 +26,7 @@ items[rank::world] into rows.rank<R>.csv; then --summarize merges them. Details:
 examples:
   melodia bench testbed -o results/testbed --limit 8 --steps 25
   melodia bench testbed --methods {DEFAULT_METHODS} -o results/testbed --resume
+  melodia bench testbed --model testbed-dit -o results/testbed-dit       # {DEFAULT_FLOW_METHODS}
   melodia bench testbed --ablation layers --category timbre --profile profile.json -o results/ablation
   melodia bench musicdelta --data-dir ~/MedleyDB/Audio --model cvssp/audioldm2-music --clap clap/ \\
       --lpaps lpaps.pth -o results/musicdelta
@@ -37,7 +39,8 @@ def add_parser(sub) -> None:
     parser = sub.add_parser("bench", help="benchmark edit methods (or layer bands) on a manifest", **formatter(HELP))
     parser.add_argument("manifest", nargs="?", help="benchmark manifest: shipped name or YAML file")
     parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (rows, summary, plot)")
-    parser.add_argument("--methods", help=f"comma-separated methods (default {DEFAULT_METHODS})")
+    parser.add_argument("--methods", help=f"comma-separated methods (default {DEFAULT_METHODS}; on "
+                        f"flow-matching models {DEFAULT_FLOW_METHODS})")
     parser.add_argument("--ablation", choices=["layers"], help="the layer ablation with melodia instead of methods")
     add_model_argument(parser)
     parser.add_argument("--layers", default="auto", help="melodia's layer spec (default auto: --profile's band, "
@@ -122,4 +125,5 @@ def _conditions(args, editor) -> list:
             print("melodia bench: the 'auto' row is skipped: give --profile (from `melodia probe`)", file=sys.stderr)
         return ablation_conditions(editor.auto_layers() if editor.profile else None)
     layers = editor.auto_layers() if args.layers == "auto" else args.layers
-    return method_conditions((args.methods or DEFAULT_METHODS).split(","), layers)
+    default = DEFAULT_FLOW_METHODS if editor.flow else DEFAULT_METHODS
+    return method_conditions((args.methods or default).split(","), layers)

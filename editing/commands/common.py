@@ -16,8 +16,9 @@ from probing.models import DEFAULT_MODEL, TINY_NAMES
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, metavar="M",
-                        help=f"testbed (default, shipped), {', '.join(TINY_NAMES)} (random weights, offline), "
-                             "a local pipeline folder, or a Hugging Face id such as cvssp/audioldm2-music")
+                        help=f"testbed (default, shipped UNet), testbed-dit (shipped flow-matching DiT), "
+                             f"{', '.join(TINY_NAMES)} (random weights, offline), a local pipeline folder, or a "
+                             "Hugging Face id such as cvssp/audioldm2-music")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 

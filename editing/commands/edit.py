@@ -8,18 +8,21 @@ from editing.editor import MAX_SOURCE_SECONDS, METHODS, Melodia
 
 HELP = """Edit a clip towards a text prompt (Melodia: source self-attention Q/K injected while denoising).
 
-The source is inverted with the empty prompt to --t-start (a fraction of the schedule); the edit
+The source is inverted with the empty prompt to --t-start (a fraction of the schedule: DDIM
+inversion on DDPM-family models, Euler ODE inversion on flow-matching ones); the edit
 denoises from there with the target prompt only (no description of the source needed), the
 chosen self-attention layers using the source's Q and K. Writes OUT.wav and OUT.json (settings,
 model, timings, seam report); --plot adds source/edited spectrograms side by side. A source longer
 than the model's window is edited in windows overlapping by 25 %, joined by crossfades.
 
 layers: auto (with --profile: the band the profile selects; else the model's documented default,
-        AudioLDM 2 and the testbed: self:8-14),
+        AudioLDM 2 and the testbed: self:8-14, testbed-dit: self:6-10),
         a layer spec (self:8-14, self:10-12, up, ...; see `melodia layers`), or none
-method: melodia (injection) | ddim (inversion + regeneration, no injection: the baseline)
+method: melodia (injection)
+        | inversion (inversion + regeneration, no injection: the baseline; on DDIM models also `ddim`)
         | sdedit (noise the source to --t-start, denoise with the prompt)
-        | ddpm-friendly (edit-friendly DDPM inversion: the source's noise maps, regenerated)
+        | ddpm-friendly (DDPM-family models: edit-friendly DDPM inversion, the source's noise maps)
+        | flowedit (flow-matching models: FlowEdit, inversion-free, Kulikov et al.)
         (--layers applies to melodia only)
 
 examples:
@@ -27,6 +30,8 @@ examples:
   melodia edit piano.wav --to "a happy waltz played on the violin" -o violin.wav --plot cmp.png
   melodia edit song.wav --model cvssp/audioldm2-music --to "violin solo" --layers self:8-14 -o out.wav
   melodia edit piano.wav --to "a happy waltz played on the violin" --method ddpm-friendly -o ddpm.wav
+  melodia edit piano.wav --model testbed-dit --to "a happy waltz played on the violin" -o dit.wav
+  melodia edit piano.wav --model testbed-dit --to "violin" --method flowedit -o flowedit.wav
   melodia edit piano.wav --to "violin" --profile profile.json -o auto.wav      # layers from `melodia probe`
 """
 
@@ -47,10 +52,10 @@ def add_parser(sub) -> None:
     parser.add_argument("--method", default="melodia", choices=METHODS)
     parser.add_argument("--no-windows", dest="windows", action="store_false",
                         help="refuse a source longer than the model's window instead of editing it in windows")
-    parser.add_argument("--source-prompt", default="", help="ddpm-friendly only: a description of the source "
-                        "for its noise extraction (default: the empty prompt)")
+    parser.add_argument("--source-prompt", default="", help="ddpm-friendly and flowedit only: a description of "
+                        "the source for its noise extraction / source velocity (default: the empty prompt)")
     parser.add_argument("--source-guidance", type=float, default=1.0,
-                        help="ddpm-friendly only: guidance of the noise extraction (default 1)")
+                        help="ddpm-friendly and flowedit only: guidance of the source side (default 1)")
     parser.add_argument("--plot", help="write source/edited spectrograms to this PNG")
     parser.add_argument("--json", action="store_true", help="print the sidecar JSON to stdout")
     parser.set_defaults(run=run)
