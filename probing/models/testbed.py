@@ -17,12 +17,8 @@ from probing.models.base import Conditioning, DiffusionModel
 from probing.testbed.pipeline import MAX_PROMPT_TOKENS
 
 
-class TestbedModel(DiffusionModel):
-
-    __test__ = False  # not a pytest test class, despite the name
-    family = "testbed"
-    pipeline_classes = ("TestbedPipeline",)
-    default_edit_layers = "self:8-14"  # laid out like AudioLDM 2: same 16 positions
+class TestbedAudio:
+    """What both testbed adapters share (a mixin): the mel codec's audio and the pipeline's own sampling."""
 
     @property
     def sample_rate(self) -> int:
@@ -31,15 +27,6 @@ class TestbedModel(DiffusionModel):
     @property
     def clip_samples(self) -> int:
         return self.pipeline.codec.clip_samples
-
-    @property
-    def latent_shape(self) -> tuple[int, int, int]:
-        return self.pipeline.codec.latent_shape
-
-    def encode_prompt(self, prompts: list[str], guidance: float, negative: list[str] | None = None) -> Conditioning:
-        hidden, mask = self.pipeline.conditioning(list(prompts), guidance, negative)
-        return Conditioning({"encoder_hidden_states": hidden, "encoder_attention_mask": mask},
-                            guided=guidance > 1.0, prompts=list(prompts))
 
     def generate(self, prompt: str, steps: int, guidance: float, seed: int, decode: bool = True) -> np.ndarray:
         generator = torch.Generator().manual_seed(seed)
@@ -52,6 +39,23 @@ class TestbedModel(DiffusionModel):
 
     def decode(self, latents: torch.Tensor) -> np.ndarray:
         return self.pipeline.decode_latents(latents)[0].cpu().numpy().astype(np.float32)
+
+
+class TestbedModel(TestbedAudio, DiffusionModel):
+
+    __test__ = False  # not a pytest test class, despite the name
+    family = "testbed"
+    pipeline_classes = ("TestbedPipeline",)
+    default_edit_layers = "self:8-14"  # laid out like AudioLDM 2: same 16 positions
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        return self.pipeline.codec.latent_shape
+
+    def encode_prompt(self, prompts: list[str], guidance: float, negative: list[str] | None = None) -> Conditioning:
+        hidden, mask = self.pipeline.conditioning(list(prompts), guidance, negative)
+        return Conditioning({"encoder_hidden_states": hidden, "encoder_attention_mask": mask},
+                            guided=guidance > 1.0, prompts=list(prompts))
 
     def dummy_denoiser_inputs(self, batch: int = 1) -> dict[str, Any]:
         dim = self.pipeline.text_encoder.config.d_model

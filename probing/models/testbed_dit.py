@@ -14,30 +14,22 @@ from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import torch
 
 from probing.models.base import Conditioning
 from probing.models.flow import FlowModel
 from probing.models.longcat import AudioDiTAttentionGeometry
+from probing.models.testbed import TestbedAudio
 from probing.testbed.dit import sigma_schedule
 from probing.testbed.pipeline import MAX_PROMPT_TOKENS
 
 
-class TestbedDiTModel(AudioDiTAttentionGeometry, FlowModel):
+class TestbedDiTModel(TestbedAudio, AudioDiTAttentionGeometry, FlowModel):
 
     __test__ = False  # not a pytest test class, despite the name
     family = "testbed-dit"
     pipeline_classes = ("TestbedDiTPipeline",)
     default_edit_layers = "self:6-10"  # the later-middle blocks, as AudioLDM 2's 8-14 of 16
-
-    @property
-    def sample_rate(self) -> int:
-        return self.pipeline.codec.sample_rate
-
-    @property
-    def clip_samples(self) -> int:
-        return self.pipeline.codec.clip_samples
 
     @property
     def latent_shape(self) -> tuple[int, int]:
@@ -61,18 +53,6 @@ class TestbedDiTModel(AudioDiTAttentionGeometry, FlowModel):
     def denoise_call(self, latents: torch.Tensor, t: torch.Tensor | float, cond: Conditioning) -> torch.Tensor:
         timestep = torch.as_tensor(t, dtype=latents.dtype, device=latents.device).expand(latents.shape[0])
         return self.denoiser(hidden_states=latents, timestep=timestep, **cond.kwargs, return_dict=False)[0]
-
-    def generate(self, prompt: str, steps: int, guidance: float, seed: int, decode: bool = True) -> np.ndarray:
-        generator = torch.Generator().manual_seed(seed)
-        out = self.pipeline(prompt, num_inference_steps=steps, guidance_scale=guidance, generator=generator,
-                            output_type="np" if decode else "latent").audios[0]
-        return out if decode else out.cpu().numpy()
-
-    def encode_audio(self, wave: np.ndarray) -> torch.Tensor:
-        return self.pipeline.encode_audio(torch.as_tensor(wave, dtype=torch.float32).unsqueeze(0))
-
-    def decode(self, latents: torch.Tensor) -> np.ndarray:
-        return self.pipeline.decode_latents(latents)[0].cpu().numpy().astype(np.float32)
 
     def dummy_denoiser_inputs(self, batch: int = 1) -> dict[str, Any]:
         dim = self.pipeline.text_encoder.config.d_model
