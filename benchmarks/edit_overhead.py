@@ -2,9 +2,11 @@
 
     python benchmarks/edit_overhead.py --threads 1                     # the testbed, whole edits (Melodia.edit)
     python benchmarks/edit_overhead.py --model testbed --model testbed-dit --threads 1   # + the DiT testbed
+    python benchmarks/edit_overhead.py --model tiny-ace-step --model tiny-longcat --threads 1
     python benchmarks/edit_overhead.py --full-size                     # + the real AudioLDM 2 UNet, random weights
 
-Both arms run in this process, alternating, with the same source, prompt, steps, t_start and seed;
+The baseline arm is the same edit without injection (`ddim` on DDIM models, `inversion` on flow
+models). Both arms run in this process, alternating, with the same source, prompt, steps, t_start and seed;
 the ratio is measured in one run, for the whole edit and for inversion + denoising alone (where
 the recording and injection happen), on the fastest of --repeats runs of each arm. Wall time and
 this process's CPU time are both reported: on a shared machine the CPU-time ratio is the one to
@@ -35,12 +37,16 @@ def timed(run) -> tuple[float, float, object]:
     return time.perf_counter() - wall, time.process_time() - cpu, result
 
 
-def testbed_ratio(model_name: str, baseline: str, steps: int, t_start: float, repeats: int) -> None:
+def model_ratio(model_name: str, steps: int, t_start: float, repeats: int) -> None:
+    import librosa
+
     from probing.models import load_model
-    from probing.synth import render_clip
+    from probing.synth import SAMPLE_RATE, render_clip
 
     editor = Melodia(load_model(model_name))
-    source = render_clip("piano", "waltz", "happy", 3)
+    baseline = "inversion" if editor.flow else "ddim"
+    rate = editor.model.sample_rate
+    source = librosa.resample(render_clip("piano", "waltz", "happy", 3), orig_sr=SAMPLE_RATE, target_sr=rate)
 
     def edit(method: str):
         return lambda: editor.edit(source, PROMPT, method=method, steps=steps, t_start=t_start)
@@ -91,8 +97,9 @@ def full_size_ratio(steps: int, t_start: float) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", choices=["testbed", "testbed-dit"],
-                        help="testbed model(s) to time (default: testbed; repeat the flag for both)")
+    parser.add_argument("--model", action="append",
+                        help="model(s) to time whole edits on (default: testbed; repeat the flag for more, e.g. "
+                             "testbed-dit, tiny-ace-step, tiny-stable-audio-3, tiny-longcat)")
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--t-start", type=float, default=0.6)
@@ -104,7 +111,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     print(f"torch threads: {torch.get_num_threads()}")
     for name in args.model or ["testbed"]:
-        testbed_ratio(name, "ddim" if name == "testbed" else "inversion", args.steps, args.t_start, args.repeats)
+        model_ratio(name, args.steps, args.t_start, args.repeats)
     if args.full_size:
         full_size_ratio(args.full_size_steps, args.t_start)
 

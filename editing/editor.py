@@ -25,9 +25,9 @@ import torch
 
 from editing.audio import validate_wave
 from editing.baselines import NoiseMaps, ddpm_noise_maps, ddpm_sample, sdedit_noise
-from editing.flow import flow_invert, flow_sample, flow_sdedit_noise, flowedit
+from editing.flow import flow_sdedit_noise, flowedit, ode_samplers
 from editing.injection import inject_source_qk, record_source_qk
-from editing.inversion import ddim_invert, ddim_sample, inverted_steps
+from editing.inversion import inverted_steps
 from editing.repository import AttentionRepository, predicted_bytes
 from editing.windows import join_windows, seam_flux_ratio, seam_positions, window_spans
 from probing.errors import MelodiaError
@@ -234,7 +234,7 @@ class Melodia:
                                    progress=progress)
         if s.method == "flowedit":  # inversion-free: it starts from the source latent itself
             return z0
-        invert = flow_invert if self.flow else ddim_invert
+        invert, _ = ode_samplers(self.model)
         with record_source_qk(self.model, modules, repository):  # source is the empty prompt here
             return invert(self.model, z0, source, s.steps, s.t_start, progress=progress)
 
@@ -247,6 +247,6 @@ class Melodia:
         if s.method == "flowedit":
             return flowedit(self.model, start, source, target, s.steps, s.t_start, s.guidance, s.source_guidance,
                             generator, progress)
-        sample = flow_sample if self.flow else ddim_sample
+        _, sample = ode_samplers(self.model)
         with inject_source_qk(self.model, modules, repository):
             return sample(self.model, start, target, s.steps, s.t_start, s.guidance, progress=progress)

@@ -19,11 +19,13 @@ Examples:
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from tqdm import tqdm
 
-from editing.inversion import StepCallback, inverted_steps, run_steps
-from probing.models.base import Conditioning
+from editing.inversion import StepCallback, ddim_invert, ddim_sample, inverted_steps, run_steps
+from probing.models.base import Conditioning, DiffusionModel
 from probing.models.flow import FlowModel
 
 
@@ -80,3 +82,11 @@ def flowedit(model: FlowModel, z0: torch.Tensor, source: Conditioning, target: C
                      - model.predict_noise(z_source, t, source, source_guidance))
         z_edit = z_edit + (sigmas[index + 1].to(z0.dtype) - sigma) * delta
     return z_edit
+
+
+def ode_samplers(model: DiffusionModel) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
+    """The deterministic (invert, sample) pair of a model's kind: the flow Euler ODE, or DDIM.
+
+    Both take (model, latents, cond, steps, t_start, guidance=1.0, on_step=None, progress=False).
+    """
+    return (flow_invert, flow_sample) if model.prediction == "flow" else (ddim_invert, ddim_sample)

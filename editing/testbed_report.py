@@ -1,6 +1,7 @@
-"""Measure the shipped testbed: does it play what it is asked, and does DDIM inversion reconstruct?
+"""Measure a shipped testbed: does it play what it is asked, and does inversion (DDIM / flow ODE) reconstruct?
 
     python -m editing.testbed_report --out docs/testbed-results [--run runs/testbed] [--per-class 4]
+    python -m editing.testbed_report --model testbed-dit --out docs/testbed-dit-results --run runs/testbed-dit
 
 Writes report.json, confusion_instrument.png and (with --run) loss_curve.png. Adherence is judged
 by the independent attribute classifier (librosa features, trained on synthesizer renders, never
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from editing.inversion import ddim_invert, ddim_sample
+from editing.flow import ode_samplers
 from probing.models import load_model
 from probing.plots import pyplot, save_figure
 from probing.synth import caption, class_lists, render_clip, templates
@@ -70,12 +71,13 @@ def log_mel_l1(model, a: np.ndarray, b: np.ndarray) -> float:
 
 
 def reconstruction(model, sources: list[np.ndarray], steps: int) -> dict[str, float]:
-    """Empty-prompt DDIM inversion to pure noise and back (guidance 1) vs the plain codec round trip."""
+    """Empty-prompt inversion (DDIM, or the flow ODE) to pure noise and back (guidance 1) vs the codec round trip."""
+    invert, sample = ode_samplers(model)
     empty = model.encode_prompt([""], guidance=1.0)
     latent_l1, audio_l1, codec_l1 = [], [], []
     for wave in tqdm(sources, desc="inversion round trips"):
         z0 = model.encode_audio(wave)
-        z_back = ddim_sample(model, ddim_invert(model, z0, empty, steps), empty, steps)
+        z_back = sample(model, invert(model, z0, empty, steps), empty, steps)
         latent_l1.append(float((z_back - z0).abs().mean()) * model.pipeline.codec.mel_std)  # in log-mel units
         audio_l1.append(log_mel_l1(model, wave, model.decode(z_back)))
         codec_l1.append(log_mel_l1(model, wave, model.decode(z0)))
@@ -155,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     plot_confusion(truth["instrument"], generated["instrument"], class_lists()["instrument"],
-                   args.out / "confusion_instrument.png", "testbed generations: instrument")
+                   args.out / "confusion_instrument.png", f"{args.model} generations: instrument")
     if args.run is not None:
         plot_loss(args.run, args.out / "loss_curve.png")
     print(json.dumps({k: report[k] for k in ("generated_accuracy", "codec_ceiling_accuracy", "reconstruction")},
