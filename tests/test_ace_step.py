@@ -13,15 +13,13 @@ import numpy as np
 import pytest
 import torch
 
+from _adapter_checks import attention_error, check_capture_changes_nothing, guided_step, recorded_attention
 from probing.errors import MelodiaError
-from probing.hooks import AttentionHooks
 from probing.layers import measure_layer_table, parse_layer_spec
-from probing.maps import Reduction, reduce_call
 from probing.models import load_model
 from probing.models.ace_step import AceStepConditioning, AceStepModel, build_tiny_pipeline
 from probing.models.base import Conditioning, DiffusionModel
 from probing.models.flow import FlowModel
-from probing.recorder import AttentionRecorder
 
 pytestmark = pytest.mark.filterwarnings("ignore::FutureWarning")  # weight_norm deprecation inside Oobleck
 
@@ -49,13 +47,6 @@ def first_call(model, guidance: float, steps: int = 1):
     finally:
         handle.remove()
     return seen, final
-
-
-def hook_state(model) -> dict[str, tuple]:
-    modules = {"denoiser": model.denoiser}
-    for path, attention in model.attention_modules().items():
-        modules.update({path: attention, f"{path}.to_q": attention.to_q, f"{path}.to_k": attention.to_k})
-    return {k: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for k, m in modules.items()}
 
 
 # ---- family and layers ------------------------------------------------------------------------------
@@ -161,18 +152,8 @@ def test_euler_with_apg_reproduces_the_pipelines_sampler(model):
 
 # ---- capture: changes nothing, leaves nothing -------------------------------------------------------
 def test_capture_never_changes_the_output(model):
-    hooks_before = hook_state(model)
-    before = model.generate(PROMPT, steps=2, guidance=GUIDANCE, seed=0)
-    with AttentionRecorder(model, "*") as recorder:
-        during = model.generate(PROMPT, steps=2, guidance=GUIDANCE, seed=0)
-    assert np.array_equal(before, during)
+    recorder = check_capture_changes_nothing(model, lambda: model.generate(PROMPT, steps=2, guidance=GUIDANCE, seed=0))
     assert len(recorder.modules) == 48 and all(len(recorder.records[m.path]) == 2 for m in recorder.modules)
-    assert hook_state(model) == hooks_before
-    with pytest.raises(KeyboardInterrupt):
-        with AttentionRecorder(model, "*"):
-            assert hook_state(model) != hooks_before
-            raise KeyboardInterrupt
-    assert hook_state(model) == hooks_before
 
 
 # ---- recomputed maps are the model's attention ------------------------------------------------------
@@ -182,39 +163,14 @@ CHECKED = [SLIDING, FULL, "layers.0.cross_attn", "layers.23.cross_attn"]
 @pytest.fixture(scope="module")
 def recorded(model):
     """path -> (attention call, value projection, processor output before to_out), one guided step."""
-    calls, values, outputs, handles = [], {p: [] for p in CHECKED}, {p: [] for p in CHECKED}, []
-    modules = model.attention_modules()
-    for path in CHECKED:
-        handles.append(modules[path].to_v.register_forward_hook(lambda m, a, o, p=path: values[p].append(o)))
-        handles.append(modules[path].to_out[0].register_forward_pre_hook(lambda m, a, p=path: outputs[p].append(a[0])))
-    try:
-        with AttentionHooks(model, CHECKED, on_call=calls.append):
-            model.generate(PROMPT, steps=1, guidance=GUIDANCE, seed=0, decode=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {c.path: (c, values[c.path][0], outputs[c.path][0]) for c in calls}
-
-
-def _attend(model, call, value) -> torch.Tensor:
-    probs = reduce_call(model, call, Reduction(heads="all", grid=None, batch="both"))  # (B, H, N, M)
-    batch, heads = probs.shape[:2]
-    head_dim = call.query.shape[-1] // heads
-    value = value.view(batch, -1, value.shape[-1] // head_dim, head_dim).transpose(1, 2)
-    value = value.repeat_interleave(heads // value.shape[1], dim=1)  # grouped KV heads
-    return (probs @ value.float()).transpose(1, 2).reshape(batch, -1, heads * head_dim)
-
-
-def _error(model, recorded, path) -> float:
-    call, value, output = recorded[path]
-    return (_attend(model, call, value) - output.float()).abs().max().item()
+    return recorded_attention(model, CHECKED, guided_step(model, PROMPT, GUIDANCE))
 
 
 def test_recomputed_maps_reproduce_the_processors_attention_output(model, recorded):
     assert [recorded[p][0].kind for p in CHECKED] == ["self", "self", "cross", "cross"]
     assert recorded[SLIDING][0].attention_mask is not None and recorded[FULL][0].attention_mask is None
     for path in CHECKED:
-        assert _error(model, recorded, path) < ATOL, path
+        assert attention_error(model, *recorded[path]) < ATOL, path
     call, value, _ = recorded["layers.0.cross_attn"]
     assert 2 * value.shape[-1] == call.query.shape[-1], "2:1 grouped KV heads"
 
@@ -223,12 +179,12 @@ def test_the_check_fails_without_rope_or_without_the_sliding_mask(model, recorde
     plain = DiffusionModel.heads_qk  # head split, KV repeat and norms, but no RoPE
     model.heads_qk = lambda module, q, k, kwargs: plain(model, module, q, k, kwargs)
     try:
-        assert _error(model, recorded, FULL) > 1e3 * ATOL
+        assert attention_error(model, *recorded[FULL]) > 1e3 * ATOL
     finally:
         del model.heads_qk
     model.map_mask = lambda *args: None
     try:
-        assert _error(model, recorded, SLIDING) > 1e3 * ATOL
+        assert attention_error(model, *recorded[SLIDING]) > 1e3 * ATOL
     finally:
         del model.map_mask
 

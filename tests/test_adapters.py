@@ -11,15 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from probing.hooks import AttentionHooks
+from _adapter_checks import attention_error, check_capture_changes_nothing, guided_step, recorded_attention
 from probing.layers import measure_layer_table
-from probing.maps import Reduction, reduce_call
 from probing.models import load_model
 from probing.models.audioldm2 import AudioLDM2Model, log_mel
 from probing.models.base import DiffusionModel
 from probing.models.stable_audio import StableAudioModel
 from probing.models.unet import UNetModel
-from probing.recorder import AttentionRecorder
 
 # Upstream noise: torchsde's Brownian tree warns on float rounding at the ends of the sigma range.
 pytestmark = pytest.mark.filterwarnings("ignore:Should have t:UserWarning", "ignore::FutureWarning")
@@ -38,15 +36,6 @@ def tiny(name: str) -> DiffusionModel:
             model.clip_seconds = 1.28  # 10.24 s by default; short clips keep tests fast
         _MODELS[name] = model
     return _MODELS[name]
-
-
-def hook_state(model: DiffusionModel) -> dict[str, tuple]:
-    """Every forward (pre-)hook id on the denoiser, each attention module and its projections."""
-    modules = {"denoiser": model.denoiser}
-    for path, attention in model.attention_modules().items():
-        modules.update({path: attention, f"{path}.to_q": attention.to_q, f"{path}.to_k": attention.to_k,
-                        f"{path}.to_v": attention.to_v, f"{path}.to_out": attention.to_out[0]})
-    return {k: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for k, m in modules.items()}
 
 
 # ---- families and layer tables -----------------------------------------------------------------
@@ -122,18 +111,8 @@ def test_encode_prompt_and_denoise_call_match_the_pipeline(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_capture_never_changes_the_output(name):
     model = tiny(name)
-    hooks_before = hook_state(model)
-    before = model.generate(PROMPT, steps=2, guidance=3.0, seed=0)
-    with AttentionRecorder(model, "*") as recorder:
-        during = model.generate(PROMPT, steps=2, guidance=3.0, seed=0)
-    assert np.array_equal(before, during)
+    recorder = check_capture_changes_nothing(model, lambda: model.generate(PROMPT, steps=2, guidance=3.0, seed=0))
     assert recorder.modules and all(len(recorder.records[m.path]) == 2 for m in recorder.modules)
-    assert hook_state(model) == hooks_before
-    with pytest.raises(KeyboardInterrupt):
-        with AttentionRecorder(model, "*"):
-            assert hook_state(model) != hooks_before
-            raise KeyboardInterrupt
-    assert hook_state(model) == hooks_before
 
 
 # ---- recomputed maps are the model's attention ----------------------------------------------------
@@ -147,49 +126,22 @@ CHECKED = {  # a few modules of each kind; AudioLDM 2: self attn1, self attn2, G
 }
 
 
-def _recorded_attention(model, paths):
-    """path -> (attention call, value, processor output before to_out), one guided step."""
-    calls, values, outputs, handles = [], {p: [] for p in paths}, {p: [] for p in paths}, []
-    modules = model.attention_modules()
-    for path in paths:
-        handles.append(modules[path].to_v.register_forward_hook(lambda m, a, o, p=path: values[p].append(o)))
-        handles.append(modules[path].to_out[0].register_forward_pre_hook(lambda m, a, p=path: outputs[p].append(a[0])))
-    try:
-        with AttentionHooks(model, paths, on_call=calls.append):
-            model.generate(PROMPT, steps=1, guidance=3.0, seed=0, decode=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert sorted(c.path for c in calls) == sorted(paths)
-    return {c.path: (c, values[c.path][0], outputs[c.path][0]) for c in calls}
-
-
-def _attend(model, call, value) -> torch.Tensor:
-    probs = reduce_call(model, call, Reduction(heads="all", grid=None, batch="both"))  # (B, H, N, M)
-    batch, heads = probs.shape[:2]
-    head_dim = call.query.shape[-1] // heads
-    value = value.view(batch, -1, value.shape[-1] // head_dim, head_dim).transpose(1, 2)
-    value = value.repeat_interleave(heads // value.shape[1], dim=1)  # grouped KV heads
-    return (probs @ value.float()).transpose(1, 2).reshape(batch, -1, heads * head_dim)
-
-
 @pytest.mark.parametrize("name", NAMES)
 def test_recomputed_maps_reproduce_the_models_attention_output(name):
     model = tiny(name)
-    recorded = _recorded_attention(model, CHECKED[name])
+    recorded = recorded_attention(model, CHECKED[name], guided_step(model, PROMPT))
     assert {c.kind for c, _, _ in recorded.values()} == {"self", "cross"}
     for call, value, output in recorded.values():
-        error = (_attend(model, call, value) - output.float()).abs().max().item()
+        error = attention_error(model, call, value, output)
         assert error < ATOL, f"{call.path}: {error:.2e}"
     if name == "tiny-audioldm2":  # the T5 call had padded (masked) keys in its unconditional row
         t5_call = recorded["up_blocks.2.attentions.8.transformer_blocks.0.attn2"][0]
         assert t5_call.kind == "cross" and (t5_call.attention_mask != 0).any()
     if name == "tiny-stable-audio":  # so the check is sensitive: without RoPE the maps are wrong
-        call, value, output = recorded["transformer_blocks.0.attn1"]
         plain = DiffusionModel.heads_qk
         model.heads_qk = lambda module, q, k, kwargs: plain(model, module, q, k, kwargs)
         try:
-            assert (_attend(model, call, value) - output.float()).abs().max().item() > 1e3 * ATOL
+            assert attention_error(model, *recorded["transformer_blocks.0.attn1"]) > 1e3 * ATOL
         finally:
             del model.heads_qk
         cross_call, cross_value, _ = recorded["transformer_blocks.0.attn2"]

@@ -14,13 +14,11 @@ import pytest
 import torch
 from diffusers import LongCatAudioDiTTransformer
 
-from probing.hooks import AttentionHooks
+from _adapter_checks import attention_error, check_capture_changes_nothing, recorded_attention
 from probing.layers import measure_layer_table
-from probing.maps import Reduction, reduce_call
 from probing.models import load_model
 from probing.models.longcat import DUMMY_TEXT_TOKENS, AudioDiTAttentionGeometry, LongCatModel, build_tiny_pipeline
 from probing.models.tiny import _CONFIG_DIR
-from probing.recorder import AttentionRecorder
 
 # torch.nn.utils.weight_norm (the Wav-VAE's convolutions) is deprecated upstream.
 pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
@@ -48,14 +46,6 @@ def pipeline_forwards(model, **call) -> list[tuple[dict, torch.Tensor]]:
     finally:
         handle.remove()
     return seen
-
-
-def hook_state(model) -> dict[str, tuple]:
-    modules = {"denoiser": model.denoiser}
-    for path, attention in model.attention_modules().items():
-        modules.update({path: attention, f"{path}.to_q": attention.to_q, f"{path}.to_k": attention.to_k,
-                        f"{path}.to_v": attention.to_v, f"{path}.to_out": attention.to_out[0]})
-    return {k: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for k, m in modules.items()}
 
 
 # ---- family, layers, reference config -------------------------------------------------------------------
@@ -182,60 +172,26 @@ def test_generate_is_the_pipeline_call(model):
 
 # ---- capture: changes nothing, leaves nothing, one [uncond, cond] forward per step ------------------------
 def test_capture_never_changes_the_output(model):
-    hooks_before = hook_state(model)
-    before = model.generate(PROMPT, steps=2, guidance=3.0, seed=0)
-    batches = []
-    with AttentionRecorder(model, "*") as recorder:
-        counter = model.denoiser.register_forward_pre_hook(lambda m, a, k: batches.append(len(k["hidden_states"])),
-                                                           with_kwargs=True)
+    batches = []  # the batch size of each denoiser forward, one list per `generate`
+
+    def generate():
+        batches.append([])
+        counter = model.denoiser.register_forward_pre_hook(
+            lambda m, a, k: batches[-1].append(len(k["hidden_states"])), with_kwargs=True)
         try:
-            during = model.generate(PROMPT, steps=2, guidance=3.0, seed=0)
+            return model.generate(PROMPT, steps=2, guidance=3.0, seed=0)
         finally:
             counter.remove()
-    assert np.array_equal(before, during)
-    assert batches == [2, 2], "one [uncond, cond] forward per step"
+
+    recorder = check_capture_changes_nothing(model, generate)
+    assert batches == [[2, 2], [2, 2]], "one [uncond, cond] forward per step, without and with capture"
     for module in recorder.modules:
         steps, maps = recorder.stacked(module.path)
         assert steps == model.sampling_timesteps(2) and maps.shape[1] == 1, "the cond row of each step's batch"
-    assert hook_state(model) == hooks_before
-    with pytest.raises(KeyboardInterrupt):
-        with AttentionRecorder(model, "*"):
-            assert hook_state(model) != hooks_before
-            raise KeyboardInterrupt
-    assert hook_state(model) == hooks_before
 
 
 # ---- recomputed maps are the model's attention ------------------------------------------------------------
 CHECKED = ["blocks.0.self_attn", "blocks.0.cross_attn", "blocks.2.cross_attn", "blocks.3.self_attn"]
-
-
-def _recorded(model, paths, run):
-    """path -> (attention call, value projection, processor output before `to_out`) of one `run()`."""
-    calls, values, outputs, handles = [], {}, {}, []
-    modules = model.attention_modules()
-    for path in paths:
-        handles.append(modules[path].to_v.register_forward_hook(lambda m, a, o, p=path: values.setdefault(p, o)))
-        handles.append(modules[path].to_out[0].register_forward_pre_hook(
-            lambda m, a, p=path: outputs.setdefault(p, a[0])))
-    try:
-        with AttentionHooks(model, paths, on_call=calls.append), torch.no_grad():
-            run()
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {c.path: (c, values[c.path], outputs[c.path]) for c in calls}
-
-
-def _attend(model, call, value) -> torch.Tensor:
-    probs = reduce_call(model, call, Reduction(heads="all", grid=None, batch="both"))  # (B, H, N, M)
-    batch, heads = probs.shape[:2]
-    value = value.view(batch, -1, heads, value.shape[-1] // heads).transpose(1, 2)
-    return (probs @ value.float()).transpose(1, 2).reshape(batch, probs.shape[2], -1)
-
-
-def _error(model, recorded, path, rows=slice(None)) -> float:
-    call, value, output = recorded[path]
-    return (_attend(model, call, value) - output.float())[:, rows].abs().max().item()
 
 
 def test_recomputed_maps_reproduce_the_processors_attention_output(model):
@@ -243,10 +199,10 @@ def test_recomputed_maps_reproduce_the_processors_attention_output(model):
     cond = model.encode_prompt([PROMPT, "piano"], guidance=3.0)
     assert not cond.kwargs["encoder_attention_mask"].all()
     latents = torch.randn(2, *model.latent_shape, generator=torch.Generator().manual_seed(1))
-    recorded = _recorded(model, CHECKED, lambda: model.predict_noise(latents, 0.3, cond, guidance=3.0))
+    recorded = recorded_attention(model, CHECKED, lambda: model.predict_noise(latents, 0.3, cond, guidance=3.0))
     assert [recorded[p][0].kind for p in CHECKED] == ["self", "cross", "cross", "self"]
     for path in CHECKED:
-        assert _error(model, recorded, path) < ATOL, path
+        assert attention_error(model, *recorded[path]) < ATOL, path
 
     # Sensitive to each part of the geometry: without RoPE, the q/k norms or the text mask the maps are wrong.
     def without(path, **drop):
@@ -260,12 +216,12 @@ def test_recomputed_maps_reproduce_the_processors_attention_output(model):
         for drop in ({"audio_rotary_emb": 1, "prompt_rotary_emb": 1}, {"norms": 1}):
             model.heads_qk = lambda module, q, k, kwargs, p=path, d=drop: without(p, **d)
             try:
-                assert _error(model, recorded, path) > 1e3 * ATOL, (path, drop)
+                assert attention_error(model, *recorded[path]) > 1e3 * ATOL, (path, drop)
             finally:
                 del model.heads_qk
     model.map_mask = lambda *args: None
     try:
-        assert _error(model, recorded, "blocks.0.cross_attn") > 1e3 * ATOL
+        assert attention_error(model, *recorded["blocks.0.cross_attn"]) > 1e3 * ATOL
     finally:
         del model.map_mask
 
@@ -275,13 +231,13 @@ def test_self_attention_maps_follow_a_padded_latent_mask(model):
     inputs = model.dummy_denoiser_inputs(batch=1)
     live = model.latent_frames - 5
     inputs["attention_mask"][:, live:] = False
-    recorded = _recorded(model, ["blocks.1.self_attn"], lambda: model.denoiser(**inputs))
+    recorded = recorded_attention(model, ["blocks.1.self_attn"], lambda: model.denoiser(**inputs))
     output = recorded["blocks.1.self_attn"][2]
     assert output[:, live:].abs().max() == 0, "the processor zeroes the output rows of padded frames"
-    assert _error(model, recorded, "blocks.1.self_attn", rows=slice(0, live)) < ATOL
+    assert attention_error(model, *recorded["blocks.1.self_attn"], rows=slice(0, live)) < ATOL
     model.map_mask = lambda *args: None
     try:
-        assert _error(model, recorded, "blocks.1.self_attn", rows=slice(0, live)) > 1e3 * ATOL
+        assert attention_error(model, *recorded["blocks.1.self_attn"], rows=slice(0, live)) > 1e3 * ATOL
     finally:
         del model.map_mask
 

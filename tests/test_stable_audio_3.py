@@ -16,12 +16,12 @@ import torch
 from diffusers import FlowMatchEulerDiscreteScheduler, StableAudio3DiTModel, StableAudio3Pipeline
 from diffusers.utils.torch_utils import randn_tensor
 
+from _adapter_checks import attention_error, check_capture_changes_nothing, guided_step, recorded_attention
 from probing.hooks import AttentionHooks
 from probing.layers import measure_layer_table
 from probing.maps import Reduction, reduce_call
 from probing.models import load_model
 from probing.models.stable_audio_3 import StableAudio3Model, build_tiny_pipeline, gemma_tokenizer
-from probing.recorder import AttentionRecorder
 
 # Upstream noise: diffusers' SAME autoencoder builds its convs with the deprecated torch.nn.utils.weight_norm.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.nn.utils.weight_norm` is deprecated:FutureWarning")
@@ -55,15 +55,10 @@ def first_denoiser_call(model, **generate):
     return seen, result
 
 
-def hook_state(model) -> dict[str, tuple]:
-    """Every forward (pre-)hook id on the denoiser, each attention module and each of its projections."""
-    modules = {"denoiser": model.denoiser}
-    for path, attention in model.attention_modules().items():
-        modules[path] = attention
-        for name in ("to_qkv", "to_q", "to_kv", "to_out"):
-            if hasattr(attention, name):
-                modules[f"{path}.{name}"] = getattr(attention, name)
-    return {k: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for k, m in modules.items()}
+def fused_value(attention) -> tuple[torch.nn.Module, slice]:
+    """V: the last heads x dim_heads channels of the fused `to_qkv` (self-attention) or `to_kv` (cross)."""
+    fused = attention.to_qkv if hasattr(attention, "to_qkv") else attention.to_kv
+    return fused, slice(-attention.heads * attention.dim_heads, None)
 
 
 # ---- family, layers, taps -------------------------------------------------------------------------------
@@ -182,18 +177,8 @@ def test_ping_pong_sampler_is_reproduced_with_the_pipelines_noise_draws(model):
 
 # ---- capture changes nothing, leaves nothing ---------------------------------------------------------------
 def test_capture_never_changes_the_output(model):
-    hooks_before = hook_state(model)
-    before = model.generate(PROMPT, steps=2, guidance=3.0, seed=0)
-    with AttentionRecorder(model, "*") as recorder:
-        during = model.generate(PROMPT, steps=2, guidance=3.0, seed=0)
-    assert np.array_equal(before, during)
+    recorder = check_capture_changes_nothing(model, lambda: model.generate(PROMPT, steps=2, guidance=3.0, seed=0))
     assert len(recorder.modules) == 8 and all(len(recorder.records[m.path]) == 2 for m in recorder.modules)
-    assert hook_state(model) == hooks_before
-    with pytest.raises(KeyboardInterrupt):
-        with AttentionRecorder(model, "*"):
-            assert hook_state(model) != hooks_before
-            raise KeyboardInterrupt
-    assert hook_state(model) == hooks_before
 
 
 def test_injected_q_and_k_reach_the_model_and_v_is_untouched(model):
@@ -209,39 +194,8 @@ def test_injected_q_and_k_reach_the_model_and_v_is_untouched(model):
 
 
 # ---- recomputed maps are the model's differential attention -------------------------------------------------
-def _recorded_attention(model, paths):
-    """path -> (attention call, value, processor output before to_out) for one guided step."""
-    calls, values, outputs, handles = [], {}, {}, []
-    modules = model.attention_modules()
-    def keep(store, path, tensor):  # a hook that returns None leaves the model's tensors alone
-        store[path] = tensor
-
-    for path in paths:
-        attention = modules[path]
-        width = attention.heads * attention.dim_heads  # V: the last `width` channels of to_qkv / to_kv
-        fused = attention.to_qkv if hasattr(attention, "to_qkv") else attention.to_kv
-        handles.append(fused.register_forward_hook(lambda m, a, o, p=path, w=width: keep(values, p, o[..., -w:])))
-        handles.append(attention.to_out.register_forward_pre_hook(lambda m, a, p=path: keep(outputs, p, a[0])))
-    try:
-        with AttentionHooks(model, paths, on_call=calls.append):
-            model.generate(PROMPT, steps=1, guidance=3.0, seed=0, decode=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    assert sorted(c.path for c in calls) == sorted(paths)
-    return {c.path: (c, values[c.path], outputs[c.path]) for c in calls}
-
-
-def _attend(model, call, value) -> torch.Tensor:
-    """Differential maps (B, H, N, M) @ V (B, H, M, d) -> (B, N, H*d), the input of `to_out`."""
-    probs = reduce_call(model, call, Reduction(heads="all", grid=None, batch="both"))
-    heads, head_dim = call.module.heads, call.module.dim_heads
-    value = value.unflatten(-1, (heads, head_dim)).transpose(1, 2).float()
-    return (probs @ value).transpose(1, 2).flatten(2)
-
-
 def test_recomputed_maps_reproduce_the_differential_attention_output(model):
-    recorded = _recorded_attention(model, CHECKED)
+    recorded = recorded_attention(model, CHECKED, guided_step(model, PROMPT), value_of=fused_value)
     assert {c.kind for c, _, _ in recorded.values()} == {"self", "cross"}
     tokens = model.memory_tokens + model.latent_length
     for call, value, output in recorded.values():
@@ -249,11 +203,11 @@ def test_recomputed_maps_reproduce_the_differential_attention_output(model):
         keys = tokens if call.kind == "self" else model.text_tokens
         assert probs.shape == (2, call.module.heads, tokens, keys)
         assert probs.sum(-1).abs().max() < 1e-5, "a differential map's rows sum to 0"
-        error = (_attend(model, call, value) - output.float()).abs().max().item()
+        error = attention_error(model, call, value, output, head_dim=call.module.dim_heads)
         assert error < ATOL, f"{call.path}: {error:.2e}"
     call, value, output = recorded["transformer_blocks.0.self_attn"]
     without_rope = dataclasses.replace(call, call_kwargs={})
-    assert (_attend(model, without_rope, value) - output.float()).abs().max().item() > 1e3 * ATOL
+    assert attention_error(model, without_rope, value, output, head_dim=call.module.dim_heads) > 1e3 * ATOL
     model.head_signs = lambda module: None  # 2H separate softmax maps; keep the first H as if not differential
     try:
         for call, value, output in recorded.values():
@@ -270,19 +224,13 @@ def test_a_context_mask_is_reproduced(model):
     cross = model.attention_modules()[path]
     hidden, context = torch.randn(2, 7, 32), torch.randn(2, 5, 32)
     mask = torch.tensor([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]])
-    calls, outputs = [], []
-    handle = cross.to_out.register_forward_pre_hook(lambda m, a: outputs.append(a[0]))
-    try:
-        with AttentionHooks(model, [path], on_call=calls.append), torch.no_grad():
-            cross(hidden, context=context, context_mask=mask)
-    finally:
-        handle.remove()
-    assert calls[0].kind == "cross"
-    with torch.no_grad():
-        value = cross.to_kv(context)[..., -cross.heads * cross.dim_heads:]
-        assert (_attend(model, calls[0], value) - outputs[0]).abs().max().item() < ATOL
-        unmasked = dataclasses.replace(calls[0], call_kwargs={"context": context})
-        assert (_attend(model, unmasked, value) - outputs[0]).abs().max().item() > 1e3 * ATOL
+    recorded = recorded_attention(model, [path], lambda: cross(hidden, context=context, context_mask=mask),
+                                  value_of=fused_value)
+    call, value, output = recorded[path]
+    assert call.kind == "cross"
+    assert attention_error(model, call, value, output, head_dim=cross.dim_heads) < ATOL
+    unmasked = dataclasses.replace(call, call_kwargs={"context": context})
+    assert attention_error(model, unmasked, value, output, head_dim=cross.dim_heads) > 1e3 * ATOL
 
 
 # ---- audio <-> latents ----------------------------------------------------------------------------------------

@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from probing.hooks import AttentionHooks
+from _adapter_checks import attention_error, guided_step, recorded_attention
 from probing.layers import measure_layer_table
-from probing.maps import Reduction, reduce_call
 from probing.recorder import AttentionRecorder
 
 PROMPT = "a sad waltz played on violin"
@@ -34,24 +33,10 @@ def test_capture_keeps_the_output_and_sees_the_sampling_timesteps(untrained_test
 
 
 def test_recomputed_maps_reproduce_the_attention_output(untrained_testbed_dit):
-    model, values, outputs, calls, handles = untrained_testbed_dit, {}, {}, [], []
-    modules = model.attention_modules()
-    for path in ("blocks.3.self_attn", "blocks.3.cross_attn"):
-        handles.append(modules[path].to_v.register_forward_hook(lambda m, a, o, p=path: values.setdefault(p, o)))
-        handles.append(modules[path].to_out[0].register_forward_pre_hook(
-            lambda m, a, p=path: outputs.setdefault(p, a[0])))
-    try:
-        with AttentionHooks(model, ["blocks.3.self_attn", "blocks.3.cross_attn"], on_call=calls.append):
-            model.generate(PROMPT, steps=1, guidance=3.0, seed=0, decode=False)
-    finally:
-        for handle in handles:
-            handle.remove()
-    for call in calls:
-        probs = reduce_call(model, call, Reduction(heads="all", grid=None, batch="both"))
-        heads = probs.shape[1]
-        value = values[call.path].view(2, -1, heads, values[call.path].shape[-1] // heads).transpose(1, 2)
-        attended = (probs @ value.float()).transpose(1, 2).flatten(2)
-        assert (attended - outputs[call.path]).abs().max() < 1e-5, call.path
+    model = untrained_testbed_dit
+    recorded = recorded_attention(model, ["blocks.3.self_attn", "blocks.3.cross_attn"], guided_step(model, PROMPT))
+    for path, (call, value, output) in recorded.items():
+        assert attention_error(model, call, value, output) < 1e-5, path
 
 
 def test_audio_round_trips_through_the_latent_sequence(untrained_testbed_dit):

@@ -1,0 +1,108 @@
+"""Checks shared by the adapter test files (tests/test_adapters.py and one file per family).
+
+What it holds: the forward-hook inventory of a model (`hook_state`), the "capture changes nothing and leaves
+no hook" check, one run's attention calls with their V and out-projection input (`recorded_attention`), and
+the recomputation of that input as maps @ V (`attend`, `attention_error`). Imported as
+`from _adapter_checks import ...` (tests/ is not a package).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import numpy as np
+import pytest
+import torch
+
+from probing.hooks import AttentionCall, AttentionHooks
+from probing.maps import Reduction, reduce_call
+from probing.models.base import DiffusionModel
+from probing.recorder import AttentionRecorder
+
+Recorded = dict[str, tuple[AttentionCall, torch.Tensor, torch.Tensor]]  # path -> (call, V, input of the out-proj)
+ValueOf = Callable[[torch.nn.Module], tuple[torch.nn.Module, slice]]  # attention -> (projection with V, its channels)
+
+
+# ---- hooks: capture changes nothing, leaves nothing ----------------------------------------------------
+def hook_state(model: DiffusionModel) -> dict[str, tuple]:
+    """Every forward (pre-)hook id on the denoiser, each attention module, its submodules and its Q/K taps."""
+    modules = {"denoiser": model.denoiser}
+    for path, attention in model.attention_modules().items():
+        modules.update({f"{path}.{name}" if name else path: m for name, m in attention.named_modules()})
+        modules.update({f"{path}[{tap.which}]": tap.projection for tap in model.qk_taps(attention)})
+    return {k: (tuple(m._forward_hooks), tuple(m._forward_pre_hooks)) for k, m in modules.items()}
+
+
+def check_capture_changes_nothing(model: DiffusionModel, generate: Callable[[], np.ndarray]) -> AttentionRecorder:
+    """Recording every module keeps `generate()` bit for bit and leaves no hook, also after an exception."""
+    hooks_before = hook_state(model)
+    before = generate()
+    with AttentionRecorder(model, "*") as recorder:
+        during = generate()
+    assert np.array_equal(before, during)
+    assert hook_state(model) == hooks_before
+    with pytest.raises(KeyboardInterrupt):
+        with AttentionRecorder(model, "*"):
+            assert hook_state(model) != hooks_before
+            raise KeyboardInterrupt
+    assert hook_state(model) == hooks_before
+    return recorder
+
+
+# ---- one run's attention calls, V and the processor's output -------------------------------------------
+def to_v(attention: torch.nn.Module) -> tuple[torch.nn.Module, slice]:
+    """V of a diffusers-style attention module: every channel of `to_v`."""
+    return attention.to_v, slice(None)
+
+
+def out_projection(attention: torch.nn.Module) -> torch.nn.Module:
+    """The linear out-projection: `to_out[0]` where `to_out` is a [Linear, Dropout] list, else `to_out`."""
+    return attention.to_out[0] if isinstance(attention.to_out, torch.nn.ModuleList) else attention.to_out
+
+
+def guided_step(model: DiffusionModel, prompt: str, guidance: float = 3.0) -> Callable[[], object]:
+    """A run for `recorded_attention`: one guided step of `model.generate`, latents only."""
+    return lambda: model.generate(prompt, steps=1, guidance=guidance, seed=0, decode=False)
+
+
+def _keep(store: dict, path: str, tensor: torch.Tensor) -> None:
+    """Keep the first tensor seen for `path`; returns None so that a hook leaves the model's tensors alone."""
+    store.setdefault(path, tensor)
+
+
+def recorded_attention(model: DiffusionModel, paths: Iterable[str], run: Callable[[], object],
+                       value_of: ValueOf = to_v) -> Recorded:
+    """path -> (attention call, V, processor output before the out-projection) of each path's one call in `run()`."""
+    paths, calls, values, outputs, handles = list(paths), [], {}, {}, []
+    modules = model.attention_modules()
+    for path in paths:
+        projection, channels = value_of(modules[path])
+        handles.append(projection.register_forward_hook(
+            lambda m, a, o, p=path, c=channels: _keep(values, p, o[..., c])))
+        handles.append(out_projection(modules[path]).register_forward_pre_hook(
+            lambda m, a, p=path: _keep(outputs, p, a[0])))
+    try:
+        with AttentionHooks(model, paths, on_call=calls.append), torch.no_grad():
+            run()
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert sorted(c.path for c in calls) == sorted(paths), "one call of each path"
+    return {c.path: (c, values[c.path], outputs[c.path]) for c in calls}
+
+
+# ---- recomputed maps @ V -------------------------------------------------------------------------------
+def attend(model: DiffusionModel, call: AttentionCall, value: torch.Tensor,
+           head_dim: int | None = None) -> torch.Tensor:
+    """Maps (B, H, N, M) from `reduce_call` @ V, grouped KV heads repeated: (B, N, H*d), the out-projection's input."""
+    probs = reduce_call(model, call, Reduction(heads="all", grid=None, batch="both"))
+    batch, heads = probs.shape[:2]
+    head_dim = head_dim or call.query.shape[-1] // heads  # differential attention: Q holds 2H heads, pass d
+    value = value.unflatten(-1, (-1, head_dim)).transpose(1, 2)  # (B, KV heads, M, d)
+    value = value.repeat_interleave(heads // value.shape[1], dim=1)  # grouped KV heads
+    return (probs @ value.float()).transpose(1, 2).reshape(batch, -1, heads * head_dim)
+
+
+def attention_error(model: DiffusionModel, call: AttentionCall, value: torch.Tensor, output: torch.Tensor,
+                    rows: slice = slice(None), head_dim: int | None = None) -> float:
+    """Largest |attend(...) - output| over the given query rows."""
+    return (attend(model, call, value, head_dim) - output.float())[:, rows].abs().max().item()
