@@ -8,9 +8,9 @@
 The baseline arm is the same edit without injection (`ddim` on DDIM models, `inversion` on flow
 models). Both arms run in this process, alternating, with the same source, prompt, steps, t_start and seed;
 the ratio is measured in one run, for the whole edit and for inversion + denoising alone (where
-the recording and injection happen), on the fastest of --repeats runs of each arm. Wall time and
-this process's CPU time are both reported: on a shared machine the CPU-time ratio is the one to
-trust (another job stretches wall time, not the CPU time an edit needs; run with --threads 1). The full-size arm has no codec or text encoders: it times
+the recording and injection happen), on the fastest of --repeats runs of each arm, and as the median of the per-repeat ratios (each
+repeat runs both arms back to back). Wall time and this process's CPU time are both reported: on a
+shared machine the CPU-time ratios are the ones to trust (run with --threads 1). The full-size arm has no codec or text encoders: it times
 inversion + denoising of a random 10.24 s latent with random conditioning (CFG batch 2), self:8-14.
 Both print the repository bytes predicted from the layer table next to the bytes measured.
 """
@@ -59,12 +59,16 @@ def model_ratio(model_name: str, steps: int, t_start: float, repeats: int) -> No
             runs[method].append(timed(edit(method)))
     wall = {m: min(w for w, _, _ in r) for m, r in runs.items()}
     cpu = {m: min(c for _, c, _ in r) for m, r in runs.items()}
+    # Each repeat runs the two arms back to back: their CPU-time ratio cancels slow drifts in load.
+    paired = sorted(m[1] / b[1] for m, b in zip(runs["melodia"], runs[baseline]))
     core = {m: min(res.timings["invert"] + res.timings["denoise"] for _, _, res in r) for m, r in runs.items()}
     result = runs["melodia"][-1][2]
     print(f"{model_name}, {steps} steps, t_start {t_start}, layers auto ({len(result.injected)} modules), fastest of "
           f"{repeats}: edit {baseline} {wall[baseline]:.2f} s, melodia {wall['melodia']:.2f} s, wall ratio "
           f"{wall['melodia'] / wall[baseline]:.3f}x; CPU {cpu[baseline]:.2f} s vs {cpu['melodia']:.2f} s, CPU ratio "
           f"{cpu['melodia'] / cpu[baseline]:.3f}x; invert+denoise wall ratio {core['melodia'] / core[baseline]:.3f}x")
+    print(f"  paired CPU ratios over {repeats} repeats: median {paired[len(paired) // 2]:.3f}x "
+          f"(range {paired[0]:.3f}-{paired[-1]:.3f})")
     print(f"{model_name} repository bytes: predicted {result.repository_bytes['predicted']:,}, "
           f"measured {result.repository_bytes['measured']:,}")
 

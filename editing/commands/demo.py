@@ -8,17 +8,21 @@ from editing.commands.common import formatter, print_json
 HELP = """Synthesize a melody, edit it to another instrument with the testbed, and compare with the ideal.
 
 The synthesizer renders the same score with the target instrument, so every testbed edit has a
-ground truth. Writes into --out: source.wav, melodia.wav, ddim.wav (baseline: no injection),
-ideal.wav, comparison.png and metrics.json, and prints the metrics.
+ground truth. Writes into --out: source.wav, melodia.wav, the baseline without injection
+(ddim.wav on the UNet testbed, inversion.wav on the DiT testbed), ideal.wav, comparison.png and
+metrics.json, and prints the metrics.
 
 examples:
   melodia demo
   melodia demo --source piano --target violin --style waltz --mood happy --seed 3 --out demo/
+  melodia demo --model testbed-dit --steps 25 --out demo-dit/      # the flow-matching DiT testbed
 """
 
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("demo", help="synth -> edit -> compare, on the testbed", **formatter(HELP))
+    parser.add_argument("--model", default="testbed", choices=["testbed", "testbed-dit"],
+                        help="the UNet testbed (default) or the flow-matching DiT testbed")
     parser.add_argument("--source", default="piano", help="source instrument")
     parser.add_argument("--target", default="violin", help="target instrument")
     parser.add_argument("--style", default="waltz")
@@ -47,16 +51,16 @@ def run(args) -> None:
         ideal = render_clip(args.target, args.style, args.mood, args.seed)
     except ValueError as error:
         raise MelodiaError(str(error)) from None
-    model = load_model("testbed")
+    model = load_model(args.model)
     editor = Melodia(model)
     prompt = caption(args.target, args.style, args.mood, 0)
     clips = {"source": source}
-    for method in ("melodia", "ddim"):
+    for method in ("melodia", "inversion" if editor.flow else "ddim"):
         clips[method] = editor.edit(source, prompt, method=method, t_start=args.t_start, steps=args.steps,
                                     progress=True).audio
     clips["ideal"] = ideal
     classifier, sr = default_classifier(), model.sample_rate
-    metrics = {"prompt": prompt, "source_instrument": args.source, "target_instrument": args.target,
+    metrics = {"model": args.model, "prompt": prompt, "source_instrument": args.source, "target_instrument": args.target,
                "layers": model.default_edit_layers, "t_start": args.t_start, "steps": args.steps, "clips": {}}
     for name, wave in clips.items():
         metrics["clips"][name] = {"classifier_instrument": classifier.predict(wave, sr, "instrument"),
@@ -71,8 +75,8 @@ def run(args) -> None:
         print_json(metrics)
         return
     print(f"{args.source} -> {args.target} ({args.style}, {args.mood}, melody seed {args.seed}): '{prompt}'")
-    print(f"{'clip':8s} {'classifier says':>16s} {'chroma vs source':>17s} {'log-mel to ideal':>17s}")
+    print(f"{'clip':9s} {'classifier says':>16s} {'chroma vs source':>17s} {'log-mel to ideal':>17s}")
     for name, row in metrics["clips"].items():
-        print(f"{name:8s} {row['classifier_instrument']:>16s} {row['chroma_similarity_to_source']:>17.3f} "
+        print(f"{name:9s} {row['classifier_instrument']:>16s} {row['chroma_similarity_to_source']:>17.3f} "
               f"{row['log_mel_distance_to_ideal']:>17.3f}")
     print(f"wrote {out}/: {', '.join(f'{n}.wav' for n in clips)}, comparison.png, metrics.json")
