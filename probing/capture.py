@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -123,6 +123,12 @@ def _timesteps(model, settings: CaptureSettings) -> list[float]:
     return [all_steps[i] for i in settings.step_indices]
 
 
+def _with_context_tokens(table: LayerTable, tokens: int) -> LayerTable:
+    """The table with every cross-attention module's key count raised to `tokens` (the prompts' longest context)."""
+    modules = [replace(m, key_tokens=max(m.key_tokens, tokens)) if m.kind == "cross" else m for m in table.modules]
+    return LayerTable(table.model, tuple(modules))
+
+
 def distributed_rank() -> tuple[int, int]:
     """(rank, world) from torchrun / accelerate environment variables; (0, 1) when run alone."""
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -166,7 +172,7 @@ def capture(model, prompts: PromptSet, url: str, settings: CaptureSettings = Cap
 def _capture(model, prompts: PromptSet, url: str, settings: CaptureSettings, overwrite: bool,
              progress: bool) -> CaptureStore:
     rank, world = distributed_rank()
-    table = measure_layer_table(model)
+    table = _with_context_tokens(measure_layer_table(model), model.context_tokens(prompts.prompts))
     store, modules = open_store(model, prompts, url, settings, table, rank, world, overwrite)
     timesteps = store.identity["timesteps"]
     # Writing prompt i overlaps generating prompt i+1 (one write in flight: memory stays bounded).

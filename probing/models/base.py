@@ -163,6 +163,11 @@ class DiffusionModel(ABC):
     def dummy_denoiser_inputs(self, batch: int = 1) -> dict[str, Any]:
         """Keyword arguments for one denoiser forward at the default clip length (used to measure layers)."""
 
+    def context_tokens(self, prompts: list[str]) -> int:
+        """The most context (key) tokens any of `prompts` gives cross-attention; 0 when the layer table's
+        dummy forward already holds the maximum (prompts padded to a fixed length, as most pipelines do)."""
+        return 0
+
     def sampling_timesteps(self, steps: int) -> list[float]:
         """The denoiser's timestep argument at each step of a `steps`-step generation."""
         self.scheduler.set_timesteps(steps)
