@@ -106,7 +106,13 @@ def plot_confusion(truth: list[str], predicted: list[str], classes: list[str], p
     plt.close(fig)
 
 
+LOSS_LABELS = {"unet": "min-SNR weighted eps MSE", "dit": "rectified-flow velocity MSE"}
+
+
 def plot_loss(run: Path, path: Path) -> None:
+    """The training run's loss curve; the y label names the objective of the run's architecture."""
+    state = run / "checkpoint" / "state.json"
+    arch = json.loads(state.read_text()).get("arch", "unet") if state.exists() else "unet"
     plt = pyplot()
     with (run / "loss.csv").open() as f:
         rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
@@ -117,7 +123,7 @@ def plot_loss(run: Path, path: Path) -> None:
     ax.plot(steps, losses, alpha=0.3, label="batch loss")
     ax.plot(steps[window - 1:], smooth, label=f"mean of {window}")
     ax.set_xlabel("step (batch 32)")
-    ax.set_ylabel("min-SNR weighted eps MSE")
+    ax.set_ylabel(LOSS_LABELS[arch])
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
