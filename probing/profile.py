@@ -127,6 +127,9 @@ class LayerProfile:
             *([f"the bands differ by at most {spread:.2f}: the profile does not tell the layers apart, and the "
                "band is the tie-break (the deepest); prefer the family default or an editing ablation"]
               if spread < 0.05 else []),
+            *([f"only {int(probed.sum())} of {self.n_layers} self-attention layers were probed and "
+               f"{int((~probed[best:best + width]).sum())} of the band's {width} were not (scored as fully decodable): "
+               "capture --layers self:* for a real selection"] if not probed.all() else []),
             "decodable is not the same as used: check the band with `melodia bench --ablation layers`",
         )
         return LayerSelection(f"self:{layers[0]}-{layers[-1]}", layers, reasons)

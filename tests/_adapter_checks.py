@@ -8,6 +8,7 @@ the recomputation of that input as maps @ V (`attend`, `attention_error`). Impor
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,3 +107,21 @@ def attention_error(model: DiffusionModel, call: AttentionCall, value: torch.Ten
                     rows: slice = slice(None), head_dim: int | None = None) -> float:
     """Largest |attend(...) - output| over the given query rows."""
     return (attend(model, call, value, head_dim) - output.float())[:, rows].abs().max().item()
+
+
+def check_capture_holds_the_longest_context(model: DiffusionModel, folder: Path) -> None:
+    """For a family that pads its context per batch: capture sizes the key axis for the longest prompt."""
+    from probing.capture import CaptureSettings, capture
+    from probing.layers import measure_layer_table
+    from probing.prompts import PromptSet
+
+    short, long = "violin", "a very long and slow and sad waltz played on a quiet old violin with a piano"
+    lengths = [model.context_tokens([p]) for p in (short, long)]
+    assert lengths[0] < lengths[1] == model.context_tokens([short, long])
+    cross = [m for m in measure_layer_table(model).modules if m.kind == "cross"]
+    assert cross[0].key_tokens < lengths[1]  # the dummy forward's context is shorter: the store must not use it
+    store = capture(model, PromptSet([short, long], {}, [-1, -1]), str(folder / "context.zarr"),
+                    CaptureSettings(layers="cross:1", steps=1), progress=False)
+    maps = store.read(store.specs[0].name)
+    assert maps.shape[-1] == lengths[1]
+    assert (maps[0][..., lengths[0]:] == 0).all() and (maps[1][..., lengths[0]:] != 0).any()

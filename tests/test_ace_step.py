@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 import torch
 
-from _adapter_checks import attention_error, check_capture_changes_nothing, guided_step, recorded_attention
+from _adapter_checks import (attention_error, check_capture_changes_nothing, check_capture_holds_the_longest_context,
+                             guided_step, recorded_attention)
 from probing.errors import MelodiaError
 from probing.layers import measure_layer_table, parse_layer_spec
 from probing.models import load_model
@@ -256,15 +257,4 @@ def test_the_tiny_dit_is_laid_out_like_the_pinned_full_size_config(model):
 
 def test_capture_sizes_the_context_axis_for_the_longest_prompt(model, tmp_path):
     """ACE-Step pads its packed context to the longest prompt of a batch: the store must hold the longest."""
-    from probing.capture import CaptureSettings, capture
-    from probing.prompts import PromptSet
-
-    short, long = "violin", "a very long and slow and sad waltz played on a quiet old violin with a piano"
-    lengths = [model.context_tokens([p]) for p in (short, long)]
-    assert lengths[0] < lengths[1] == model.context_tokens([short, long])
-    assert measure_layer_table(model).modules[1].key_tokens < lengths[1]  # the dummy forward's context is shorter
-    store = capture(model, PromptSet([short, long], {}, [-1, -1]), str(tmp_path / "ace.zarr"),
-                    CaptureSettings(layers="cross:1", steps=1), progress=False)
-    maps = store.read(store.specs[0].name)
-    assert maps.shape[-1] == lengths[1]
-    assert (maps[0][..., lengths[0]:] == 0).all() and (maps[1][..., lengths[0]:] > 0).any()
+    check_capture_holds_the_longest_context(model, tmp_path)

@@ -14,7 +14,8 @@ import pytest
 import torch
 from diffusers import LongCatAudioDiTTransformer
 
-from _adapter_checks import attention_error, check_capture_changes_nothing, recorded_attention
+from _adapter_checks import (attention_error, check_capture_changes_nothing, check_capture_holds_the_longest_context,
+                             recorded_attention)
 from probing.layers import measure_layer_table
 from probing.models import load_model
 from probing.models.longcat import DUMMY_TEXT_TOKENS, AudioDiTAttentionGeometry, LongCatModel, build_tiny_pipeline
@@ -253,3 +254,8 @@ def test_encode_audio_and_decode_round_trip_shapes(model):
     decoded = model.decode(latents)
     assert decoded.dtype == np.float32 and decoded.shape == (model.clip_samples,) == (23 * 2048,)
     assert np.isfinite(decoded).all()
+
+
+def test_capture_sizes_the_context_axis_for_the_longest_prompt(model, tmp_path):
+    """The pipeline pads UMT5 states to the longest prompt of a batch: the store must hold the longest."""
+    check_capture_holds_the_longest_context(model, tmp_path)

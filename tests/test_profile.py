@@ -51,6 +51,16 @@ def test_selection_ties_go_to_the_deeper_band_and_width_defaults_to_seven_of_six
     assert flat.select_edit_layers().spec == "self:10-16"
 
 
+def test_a_partial_profile_says_its_band_holds_unprobed_layers():
+    full = synthetic_profile([0.25, 0.9, 0.9, 0.9])
+    partial = replace(full, scores=[s for s in full.scores if s.target in ("self:1", "cross:1", "text")])
+    selection = partial.select_edit_layers(width=2)
+    assert selection.spec == "self:1-2"
+    assert any("only 1 of 4 self-attention layers were probed and 1 of the band's 2 were not" in r
+               for r in selection.reasons)
+    assert not any("were probed" in r for r in full.select_edit_layers(width=2).reasons)
+
+
 def test_loading_a_non_profile_fails_in_one_line(tmp_path):
     (tmp_path / "x.json").write_text('{"a": 1}')
     with pytest.raises(MelodiaError, match="not a melodia layer profile"):

@@ -59,9 +59,6 @@ class AceStepConditioning(Conditioning):
     last_timestep: float | None = None
 
 
-CONTEXT_CHUNK = 64  # prompts encoded at once when measuring the longest context
-
-
 class AceStepModel(FlowModel):
     """ACE-Step 1.5 text2music: empty lyrics, no reference audio, no metadata (the pipeline's defaults).
 
@@ -72,6 +69,7 @@ class AceStepModel(FlowModel):
 
     family = "ace-step"
     pipeline_classes = ("AceStepPipeline",)
+    pads_context_per_batch = True  # text + lyrics + timbre, packed and padded to a batch's longest
     default_edit_layers = "self:11-21"
 
     def __init__(self, pipeline: DiffusionPipeline, name: str, clip_seconds: float | None = None):
@@ -177,13 +175,6 @@ class AceStepModel(FlowModel):
             context_latents = torch.cat([context_latents, context_latents])
         return AceStepConditioning({"encoder_hidden_states": context, "context_latents": context_latents},
                                    guided=guided, prompts=prompts)
-
-    def context_tokens(self, prompts: list[str]) -> int:
-        """The pipeline pads the packed text + lyrics + timbre context to the longest prompt of a batch, so its
-        length varies by prompt: the longest over `prompts` (encoded in chunks, as one batch pads them)."""
-        chunks = [prompts[i:i + CONTEXT_CHUNK] for i in range(0, len(prompts), CONTEXT_CHUNK)]
-        return max((self.encode_prompt(c, guidance=1.0).kwargs["encoder_hidden_states"].shape[1] for c in chunks),
-                   default=0)
 
     def denoise_call(self, latents: torch.Tensor, t: torch.Tensor | float, cond: Conditioning) -> torch.Tensor:
         """The DiT as the pipeline calls it: timestep = timestep_r = t for every row (no mean-flow offset)."""

@@ -21,6 +21,7 @@ from diffusers.models.attention_processor import Attention
 from probing.errors import MelodiaError
 
 ATTENTION_CLASSES = (Attention, AttentionModuleMixin)
+CONTEXT_CHUNK = 64  # prompts encoded at once when measuring the longest context
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,7 @@ class DiffusionModel(ABC):
     # "epsilon": a DDPM/DDIM-family scheduler (predict_noise follows its prediction_type);
     # "flow": flow matching, predict_noise returns the velocity dx/dsigma (see probing.models.flow).
     prediction: ClassVar[str] = "epsilon"
+    pads_context_per_batch: ClassVar[bool] = False  # see context_tokens
     sample_rate: int
 
     def __init__(self, pipeline: DiffusionPipeline, name: str):
@@ -165,8 +167,15 @@ class DiffusionModel(ABC):
 
     def context_tokens(self, prompts: list[str]) -> int:
         """The most context (key) tokens any of `prompts` gives cross-attention; 0 when the layer table's
-        dummy forward already holds the maximum (prompts padded to a fixed length, as most pipelines do)."""
-        return 0
+        dummy forward already holds the maximum (prompts padded to a fixed length, as most pipelines do).
+
+        A family whose pipeline pads the context to the longest prompt of a batch sets
+        `pads_context_per_batch`: the prompts are then encoded in chunks (as one batch pads them)."""
+        if not self.pads_context_per_batch:
+            return 0
+        chunks = [prompts[i:i + CONTEXT_CHUNK] for i in range(0, len(prompts), CONTEXT_CHUNK)]
+        return max((self.encode_prompt(c, guidance=1.0).kwargs["encoder_hidden_states"].shape[1] for c in chunks),
+                   default=0)
 
     def sampling_timesteps(self, steps: int) -> list[float]:
         """The denoiser's timestep argument at each step of a `steps`-step generation."""

@@ -125,6 +125,7 @@ class LongCatModel(AudioDiTAttentionGeometry, FlowModel):
 
     family = "longcat"
     pipeline_classes = ("LongCatAudioDiTPipeline",)
+    pads_context_per_batch = True  # UMT5 states padded to a batch's longest prompt
     default_edit_layers = "self:*"
 
     def __init__(self, pipeline: DiffusionPipeline, name: str, clip_seconds: float = DEFAULT_CLIP_SECONDS):
