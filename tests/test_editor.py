@@ -10,7 +10,7 @@ import torch
 
 from editing.editor import Melodia
 from editing.injection import inject_source_qk, record_source_qk
-from editing.inversion import ddim_invert, ddim_sample
+from editing.flow import ode_samplers
 from editing.repository import AttentionRepository
 from probing.errors import MelodiaError
 from probing.hooks import AttentionHooks
@@ -29,29 +29,40 @@ def editor(untrained_testbed) -> Melodia:
     return Melodia(untrained_testbed)
 
 
-def test_without_injection_the_editor_is_the_ddim_baseline_bit_for_bit(editor, source):
+# Both kinds of model: the UNet testbed (DDIM inversion) and the DiT testbed (flow ODE inversion).
+KINDS = pytest.mark.parametrize("kind", [("untrained_testbed", "ddim", "self:8-14", 7),
+                                         ("untrained_testbed_dit", "inversion", "self:6-10", 5)],
+                                ids=["ddim", "flow"])
+
+
+@KINDS
+def test_without_injection_the_editor_is_its_baseline_bit_for_bit(kind, source, request):
+    fixture, baseline, band, n_modules = kind
+    editor = Melodia(request.getfixturevalue(fixture))
     off = editor.edit(source, PROMPT, layers="none", steps=6)
-    ddim = editor.edit(source, PROMPT, method="ddim", steps=6)
-    assert off.injected == [] and np.array_equal(off.audio, ddim.audio)
-    injected = editor.edit(source, PROMPT, layers="self:8-14", steps=6)
-    assert len(injected.injected) == 7 and not np.allclose(injected.audio, ddim.audio)
+    plain = editor.edit(source, PROMPT, method=baseline, steps=6)
+    assert off.injected == [] and np.array_equal(off.audio, plain.audio)
+    injected = editor.edit(source, PROMPT, layers=band, steps=6)
+    assert len(injected.injected) == n_modules and not np.allclose(injected.audio, plain.audio)
 
 
-def test_injected_modules_see_the_sources_q_and_k(editor, untrained_testbed, source):
-    modules = editor.injected_modules("self:8-9")
-    model = untrained_testbed
+@KINDS
+def test_injected_modules_see_the_sources_q_and_k_at_the_same_timesteps(kind, source, request):
+    model = request.getfixturevalue(kind[0])
+    modules = Melodia(model).injected_modules("self:5-6")
+    invert, sample = ode_samplers(model)
     z0 = model.encode_audio(source)
     empty, target = model.encode_prompt([""], 1.0), model.encode_prompt([PROMPT], 3.5)
     seen = []
     with AttentionRepository() as repository:
         with record_source_qk(model, modules, repository):
-            zt = ddim_invert(model, z0, empty, steps=5, t_start=0.6)
+            zt = invert(model, z0, empty, steps=5, t_start=0.6)
         assert len(repository.timesteps()) == 3
         with inject_source_qk(model, modules, repository), \
                 AttentionHooks(model, [m.path for m in modules], on_call=seen.append):
-            ddim_sample(model, zt, target, steps=5, t_start=0.6, guidance=3.5)
+            sample(model, zt, target, steps=5, t_start=0.6, guidance=3.5)
         for call in seen:
-            query, key = repository.get(call.timestep, call.path)
+            query, key = repository.get(call.timestep, call.path)  # KeyError if inversion saw other timesteps
             assert call.query.shape[0] == 2  # both halves of the CFG batch
             torch.testing.assert_close(call.query, query.expand_as(call.query), atol=0, rtol=0)
             torch.testing.assert_close(call.key, key.expand_as(call.key), atol=0, rtol=0)
