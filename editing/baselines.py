@@ -38,7 +38,7 @@ class NoiseMaps:
     noise: list[torch.Tensor]
 
 
-def _randn(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+def cpu_randn(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Standard normal noise shaped like `like`, drawn on the CPU (the same on every device)."""
     return torch.randn(like.shape, generator=generator).to(like.device, like.dtype)
 
@@ -56,7 +56,7 @@ def sdedit_noise(model: DiffusionModel, z0: torch.Tensor, steps: int, t_start: f
     Shapes: z0 and the result are (1, C, H, W) latents.
     """
     scheduler, timesteps = partial_schedule(model, steps, t_start)
-    return scheduler.add_noise(z0, _randn(z0, generator), timesteps[:1])
+    return scheduler.add_noise(z0, cpu_randn(z0, generator), timesteps[:1])
 
 
 def ddpm_noise_maps(model: DiffusionModel, z0: torch.Tensor, source: Conditioning, steps: int, t_start: float,
@@ -69,7 +69,7 @@ def ddpm_noise_maps(model: DiffusionModel, z0: torch.Tensor, source: Conditionin
     accumulate. A step with sigma_t = 0 (a final step to alpha 1) gets a zero map.
     """
     scheduler, timesteps = partial_schedule(model, steps, t_start)
-    noisy = [scheduler.add_noise(z0, _randn(z0, generator), t[None]) for t in timesteps]
+    noisy = [scheduler.add_noise(z0, cpu_randn(z0, generator), t[None]) for t in timesteps]
     following = noisy[1:] + [z0]  # the latent each step should reach
     noise: list[torch.Tensor] = []
 

@@ -24,6 +24,7 @@ from collections.abc import Callable
 import torch
 from tqdm import tqdm
 
+from editing.baselines import cpu_randn
 from editing.inversion import StepCallback, ddim_invert, ddim_sample, inverted_steps, run_steps
 from probing.models.base import Conditioning, DiffusionModel
 from probing.models.flow import FlowModel
@@ -62,7 +63,7 @@ def flow_sdedit_noise(model: FlowModel, z0: torch.Tensor, steps: int, t_start: f
                       generator: torch.Generator) -> torch.Tensor:
     """SDEdit's start on the flow path: (1 - s_k) z0 + s_k eps."""
     sigma = partial_sigmas(model, steps, t_start)[0].to(z0.dtype)
-    noise = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
+    noise = cpu_randn(z0, generator)
     return (1 - sigma) * z0 + sigma * noise
 
 
@@ -74,7 +75,7 @@ def flowedit(model: FlowModel, z0: torch.Tensor, source: Conditioning, target: C
     z_edit = z0
     for index in tqdm(range(len(sigmas) - 1), desc="flowedit", disable=not progress, leave=False):
         sigma, t = sigmas[index].to(z0.dtype), model.timestep_for(sigmas[index])
-        noise = torch.randn(z0.shape, generator=generator).to(z0.device, z0.dtype)
+        noise = cpu_randn(z0, generator)
         z_source = (1 - sigma) * z0 + sigma * noise
         z_target = z_source + (z_edit - z0)  # exactly z_source while the edit has not moved
         with torch.no_grad():

@@ -186,12 +186,15 @@ class DiffusionModel(ABC):
         """One denoiser forward for the (already CFG-expanded) batch."""
         return self.denoiser(latents, t, **cond.kwargs, return_dict=False)[0]
 
+    def scale_model_input(self, latents: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """The denoiser's input at `t` as the scheduler scales it (identity for DDIM; k-diffusion divides by sigma)."""
+        return self.scheduler.scale_model_input(latents, t)
+
     def predict_noise(self, latents: torch.Tensor, t: torch.Tensor | int, cond: Conditioning,
                       guidance: float) -> torch.Tensor:
         """The model output at `t` with classifier-free guidance applied as the pipeline does."""
         batch = torch.cat([latents, latents]) if cond.guided else latents
-        batch = self.scheduler.scale_model_input(batch, t)
-        out = self.denoise_call(batch, t, cond)
+        out = self.denoise_call(self.scale_model_input(batch, t), t, cond)
         if not cond.guided:
             return out
         uncond, text = out.chunk(2)

@@ -39,11 +39,6 @@ class FlowModel(DiffusionModel):
     def sampling_timesteps(self, steps: int) -> list[float]:
         return [float(self.timestep_for(s)) for s in self.flow_sigmas(steps)[:-1]]
 
-    def predict_noise(self, latents: torch.Tensor, t: torch.Tensor | float, cond, guidance: float) -> torch.Tensor:
-        """The velocity dx/dsigma at timestep `t`, with CFG as uncond + guidance * (cond - uncond)."""
-        batch = torch.cat([latents, latents]) if cond.guided else latents
-        out = self.denoise_call(batch, t, cond)
-        if not cond.guided:
-            return out
-        uncond, text = out.chunk(2)
-        return uncond + guidance * (text - uncond)
+    def scale_model_input(self, latents: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
+        """Flow-matching pipelines feed the latents unscaled."""
+        return latents
