@@ -27,17 +27,47 @@ def test_the_codec_latent_is_an_exact_fold_of_the_log_mel():
     assert audio.shape == (1, codec.clip_samples) and torch.isfinite(audio).all()
 
 
+def test_the_v2_fold_keeps_time_finer_and_inverts_exactly():
+    codec = MelCodec(time_factor=2)
+    log_mel = torch.randn(2, codec.frames, codec.n_mels)
+    latent = codec.to_latent(log_mel)
+    assert tuple(latent.shape[1:]) == codec.latent_shape == (8, 128, 16) and codec.frame_ms == 32.0
+    torch.testing.assert_close(codec.from_latent(latent), log_mel, atol=0, rtol=0)
+    # channel c of a latent cell holds (frame offset c // 4, mel offset c % 4), as pixel-unshuffle orders it
+    assert latent[0, 5, 3, 2] == log_mel[0, 3 * 2 + 1, 2 * 4 + 1]
+    square = MelCodec()
+    torch.testing.assert_close(square.to_latent(log_mel), torch.nn.functional.pixel_unshuffle(log_mel[:, None], 4))
+
+
+def test_the_v2_testbed_attends_no_coarser_than_audioldm2():
+    """ms of audio per attention query cell, per layer: AudioLDM 2's 80/160/320 ms bound every position."""
+    from probing.layers import measure_layer_table
+    from probing.testbed.build import build_untrained
+    from probing.testbed.data import caption_vocabulary
+
+    model = TestbedModel(build_untrained(caption_vocabulary(draws=0)), "v2")
+    codec = model.pipeline.codec
+    bound = {1: 80, 2: 80, 3: 160, 4: 160, **{layer: 320 for layer in range(5, 11)}, 11: 160, 12: 160, 13: 160,
+             14: 80, 15: 80, 16: 80}
+    clip_ms = 1000 * codec.clip_samples / codec.sample_rate
+    cells = {m.layer: clip_ms / m.grid[0] for m in measure_layer_table(model).modules}
+    assert sorted(cells) == list(range(1, 17))
+    assert all(cells[layer] <= bound[layer] for layer in cells), cells
+    assert model.pipeline.scheduler.config.prediction_type == "v_prediction"
+
+
 def test_decoding_an_off_manifold_latent_stays_finite():
     codec = MelCodec()
     assert torch.isfinite(codec.decode(torch.full((1, *codec.latent_shape), 1e4))).all()
 
 
 def test_dataset_labels_and_normalisation(data, tmp_path):
-    assert data.latents.shape == (6, 16, 64, 16) and data.labels.shape == (6, 3)
-    assert abs(float(data.latents.astype(np.float32).mean())) < 0.05  # normalised with its own mean/std
+    assert data.mels.shape == (6, 256, 64) and data.labels.shape == (6, 3)
+    assert abs(float(data.mels.astype(np.float32).mean())) < 0.05  # normalised with its own mean/std
+    assert tuple(data.latents(MelCodec(time_factor=2), [0, 1]).shape) == (2, 8, 128, 16)
     data.save(tmp_path / "d.npz")
     again = TestbedData.load(tmp_path / "d.npz")
-    assert np.array_equal(again.latents, data.latents) and again.mel_std == data.mel_std
+    assert np.array_equal(again.mels, data.mels) and again.mel_std == data.mel_std
 
 
 def test_training_resumes_exactly_and_exports_a_loadable_pipeline(data, tmp_path):
@@ -67,3 +97,17 @@ def test_a_new_run_can_start_from_exported_weights(data, tmp_path):
     for name, module in second.modules.items():
         for key, value in module.state_dict().items():
             torch.testing.assert_close(value, first.ema[name].state_dict()[key], atol=0, rtol=0)
+
+
+def test_v1_weights_start_a_v2_run_where_the_shapes_match(data, tmp_path):
+    from probing.testbed.build import build_untrained
+
+    words = caption_vocabulary(draws=1)
+    v1 = build_untrained(words, seed=1, codec=MelCodec(mel_mean=data.mel_mean, mel_std=data.mel_std))  # 4 x 4 fold
+    v1.save_pretrained(tmp_path / "v1")
+    v2 = Trainer(tmp_path / "run", data, words, lr=1e-3, batch=2, seed=0)
+    skipped = v2.init_from(tmp_path / "v1", matching_only=True)
+    assert sorted(skipped) == ["unet.conv_in.weight", "unet.conv_out.bias", "unet.conv_out.weight"]  # 16 -> 8 channels
+    torch.testing.assert_close(v2.pipe.unet.mid_block.attentions[0].proj_in.weight,
+                               v1.unet.mid_block.attentions[0].proj_in.weight, atol=0, rtol=0)
+    assert np.isfinite(v2.train_step())

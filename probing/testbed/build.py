@@ -36,11 +36,16 @@ UNET_CONFIG = dict(
     norm_num_groups=8,
 )
 
+# The v2 codec folds time by 2 (32 ms per latent frame): attention positions then see 64/32/16 time
+# cells over 4.096 s (64/128/256 ms per cell), no coarser than AudioLDM 2's 80/160/320 ms.
+UNET_CODEC = dict(time_factor=2)
+
 # clip_sample: predicted x0 is clipped to the range normalised log-mel latents occupy (|z| < 2.8 on
-# the training set); without it an undertrained eps-model samples latents of 3x the data's spread.
+# the training set) when generating. v-prediction (Salimans & Ho 2022): the target stays well scaled
+# at every noise level, where eps-prediction's x0 estimate blows up at high noise (v1 was eps).
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
                         clip_sample=True, clip_sample_range=3.0, set_alpha_to_one=False, steps_offset=1,
-                        prediction_type="epsilon")
+                        prediction_type="v_prediction")
 
 
 def testbed_weights_dir() -> Path:
@@ -68,8 +73,8 @@ def build_text_encoder(tokenizer: PreTrainedTokenizerFast) -> T5EncoderModel:
 
 
 def build_untrained(words: Iterable[str], seed: int = 0, codec: MelCodec | None = None) -> TestbedPipeline:
-    """A randomly initialised testbed over the caption vocabulary `words`."""
-    codec = codec or MelCodec()
+    """A randomly initialised testbed (v2: 2 x 4 fold, v-prediction) over the caption vocabulary `words`."""
+    codec = codec or MelCodec(**UNET_CODEC)
     tokenizer = build_tokenizer(words)
     torch.manual_seed(seed)
     text_encoder = build_text_encoder(tokenizer)

@@ -1,14 +1,16 @@
 """Waveform <-> normalised log-mel <-> latent, the testbed's invertible audio codec.
 
-The latent is the normalised log-mel spectrogram folded by pixel-unshuffle (no learned VAE):
-(B, 1, frames, mels) -> (B, factor**2, frames/factor, mels/factor). Decoding unfolds it and
-inverts the mel with Griffin-Lim, so every latent has an exact, listenable waveform.
+The latent is the normalised log-mel spectrogram folded like pixel-unshuffle (no learned VAE):
+(B, frames, mels) -> (B, time_factor * latent_factor, frames / time_factor, mels / latent_factor).
+Decoding unfolds it and inverts the mel with Griffin-Lim, so every latent has an exact, listenable
+waveform. The v1 testbeds fold 4 x 4 (64 ms per latent frame); the v2 UNet testbed folds time by 2
+only (32 ms per frame), so its attention sees time as finely as AudioLDM 2's (docs/testbed.md).
 
 Examples:
-    >>> codec = MelCodec()
+    >>> codec = MelCodec(time_factor=2)
     >>> z = codec.encode(torch.zeros(1, codec.clip_samples) + 0.01)
     >>> tuple(z.shape)
-    (1, 16, 64, 16)
+    (1, 8, 128, 16)
 """
 from __future__ import annotations
 
@@ -33,7 +35,8 @@ class MelCodec:
     hop_length: int = 256
     n_mels: int = 64
     frames: int = 256
-    latent_factor: int = 4
+    latent_factor: int = 4  # mel bands folded into channels (and frames, unless time_factor is set)
+    time_factor: int | None = None  # frames folded into channels; None: latent_factor (a square fold)
     mel_mean: float = -4.0
     mel_std: float = 2.5
     griffin_lim_iters: int = 32
@@ -43,9 +46,29 @@ class MelCodec:
         return self.frames * self.hop_length
 
     @property
+    def fold(self) -> tuple[int, int]:
+        """(time, mel) fold factors of the latent."""
+        return (self.time_factor or self.latent_factor, self.latent_factor)
+
+    @property
     def latent_shape(self) -> tuple[int, int, int]:
-        f = self.latent_factor
-        return (f * f, self.frames // f, self.n_mels // f)
+        ft, fm = self.fold
+        return (ft * fm, self.frames // ft, self.n_mels // fm)
+
+    @property
+    def frame_ms(self) -> float:
+        """Milliseconds of audio per latent time step."""
+        return 1000.0 * self.hop_length * self.fold[0] / self.sample_rate
+
+    def to_latent(self, normalised: torch.Tensor) -> torch.Tensor:
+        """(B, frames, n_mels) normalised log-mel -> (B, C, H, W) latent (pixel-unshuffle's channel order)."""
+        (ft, fm), (c, h, w) = self.fold, self.latent_shape
+        return normalised.reshape(-1, h, ft, w, fm).permute(0, 2, 4, 1, 3).reshape(-1, c, h, w)
+
+    def from_latent(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) latent -> (B, frames, n_mels) normalised log-mel; the inverse of `to_latent`."""
+        (ft, fm), (_, h, w) = self.fold, self.latent_shape
+        return latents.reshape(-1, ft, fm, h, w).permute(0, 3, 1, 4, 2).reshape(-1, h * ft, w * fm)
 
     def to_config(self) -> dict:
         return asdict(self)
@@ -66,13 +89,11 @@ class MelCodec:
 
     def encode(self, wave: torch.Tensor) -> torch.Tensor:
         """(B, clip_samples) waveform -> (B, C, H, W) latent."""
-        normalised = (self.log_mel(wave) - self.mel_mean) / self.mel_std
-        return F.pixel_unshuffle(normalised.unsqueeze(1), self.latent_factor)
+        return self.to_latent((self.log_mel(wave) - self.mel_mean) / self.mel_std)
 
     def latent_to_log_mel(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) latent -> (B, frames, n_mels) natural-log mel."""
-        normalised = F.pixel_shuffle(latents.float(), self.latent_factor).squeeze(1)
-        return normalised * self.mel_std + self.mel_mean
+        return self.from_latent(latents.float()) * self.mel_std + self.mel_mean
 
     def decode(self, latents: torch.Tensor, seed: int = 0) -> torch.Tensor:
         """(B, C, H, W) latent -> (B, clip_samples) waveform by Griffin-Lim (fast variant, momentum 0.99)."""

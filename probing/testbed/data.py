@@ -1,9 +1,11 @@
-"""The testbed's training set: random synthetic renders as latents, with their class labels.
+"""The testbed's training set: random synthetic renders as normalised log-mels, with their class labels.
+
+The log-mels are stored unfolded, so one rendered set trains any codec fold (v1 4 x 4, v2 2 x 4).
 
 Examples:
     >>> data = render_dataset(n_clips=8, seed=0)
-    >>> data.latents.shape
-    (8, 16, 64, 16)
+    >>> data.mels.shape, data.latents(MelCodec(time_factor=2), [0, 1]).shape
+    ((8, 256, 64), torch.Size([2, 8, 128, 16]))
 """
 from __future__ import annotations
 
@@ -24,11 +26,11 @@ ATTRIBUTES = ("instrument", "style", "mood")
 
 @dataclass
 class TestbedData:
-    """Latents (float16, normalised with `mel_mean`/`mel_std`) and label indices per clip."""
+    """Log-mels (float16, normalised with `mel_mean`/`mel_std`) and label indices per clip."""
 
     __test__ = False  # not a pytest test class, despite the name
 
-    latents: np.ndarray  # (N, C, H, W)
+    mels: np.ndarray  # (N, frames, n_mels)
     labels: np.ndarray  # (N, 3) indices into class_lists() for ATTRIBUTES
     score_seeds: np.ndarray  # (N,)
     mel_mean: float
@@ -36,7 +38,7 @@ class TestbedData:
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp.npz")
-        np.savez(tmp, latents=self.latents, labels=self.labels, score_seeds=self.score_seeds,
+        np.savez(tmp, mels=self.mels, labels=self.labels, score_seeds=self.score_seeds,
                  mel_stats=np.array([self.mel_mean, self.mel_std]))
         tmp.replace(path)
 
@@ -44,7 +46,14 @@ class TestbedData:
     def load(cls, path: Path) -> "TestbedData":
         with np.load(path, allow_pickle=False) as f:
             mean, std = f["mel_stats"]
-            return cls(f["latents"], f["labels"], f["score_seeds"], float(mean), float(std))
+            if "mels" not in f:
+                raise SystemExit(f"{path} is a training set of the v1 trainer (folded latents); render a new one "
+                                 "(delete it, or use a new --run folder)")
+            return cls(f["mels"], f["labels"], f["score_seeds"], float(mean), float(std))
+
+    def latents(self, codec: MelCodec, index: np.ndarray | list[int]) -> torch.Tensor:
+        """The clips at `index` as float32 latents in `codec`'s fold."""
+        return codec.to_latent(torch.from_numpy(self.mels[index].astype(np.float32)))
 
 
 def caption_vocabulary(draws: int = 3, seed: int = 0) -> list[str]:
@@ -80,7 +89,4 @@ def render_dataset(n_clips: int, seed: int = 0, workers: int = 1) -> TestbedData
         log_mels = np.stack(list(tqdm(pool.imap(_render_log_mel, jobs, chunksize=16), total=n_clips,
                                       desc="rendering clips")))
     mean, std = float(log_mels.mean()), float(log_mels.std())
-    codec = MelCodec(mel_mean=mean, mel_std=std)
-    normalised = (torch.from_numpy(log_mels) - mean) / std
-    latents = torch.nn.functional.pixel_unshuffle(normalised.unsqueeze(1), codec.latent_factor)
-    return TestbedData(latents.numpy().astype(np.float16), labels, score_seeds, mean, std)
+    return TestbedData(((log_mels - mean) / std).astype(np.float16), labels, score_seeds, mean, std)

@@ -55,12 +55,14 @@ class TestbedDiTPipeline(TestbedTextAudio):
     def __init__(self, transformer: LongCatAudioDiTTransformer, text_encoder: T5EncoderModel,
                  tokenizer: PreTrainedTokenizerFast, scheduler: FlowMatchEulerDiscreteScheduler,
                  sample_rate: int = 16000, n_fft: int = 1024, hop_length: int = 256, n_mels: int = 64,
-                 frames: int = 256, latent_factor: int = 4, mel_mean: float = -4.0, mel_std: float = 2.5):
+                 frames: int = 256, latent_factor: int = 4, mel_mean: float = -4.0, mel_std: float = 2.5,
+                 time_factor: int | None = None):
         super().__init__()
         self.register_modules(transformer=transformer, text_encoder=text_encoder, tokenizer=tokenizer,
                               scheduler=scheduler)
         self._register_codec(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                             frames=frames, latent_factor=latent_factor, mel_mean=mel_mean, mel_std=mel_std)
+                             frames=frames, latent_factor=latent_factor, mel_mean=mel_mean, mel_std=mel_std,
+                             time_factor=time_factor)
 
     @property
     def latent_shape(self) -> tuple[int, int]:
@@ -78,7 +80,7 @@ class TestbedDiTPipeline(TestbedTextAudio):
         return sequence.unflatten(2, (channels, bands)).permute(0, 2, 1, 3)
 
     def encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, clip_samples) waveform at `sample_rate` -> latent sequences (B, 64, 256)."""
+        """(B, clip_samples) waveform at `sample_rate` -> latent sequences (B, *latent_shape)."""
         return self.to_sequence(self.codec.encode(wave.to(self.transformer.device)))
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

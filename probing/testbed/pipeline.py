@@ -69,14 +69,16 @@ class TestbedPipeline(TestbedTextAudio):
     def __init__(self, unet: UNet2DConditionModel, text_encoder: T5EncoderModel,
                  tokenizer: PreTrainedTokenizerFast, scheduler: DDIMScheduler,
                  sample_rate: int = 16000, n_fft: int = 1024, hop_length: int = 256, n_mels: int = 64,
-                 frames: int = 256, latent_factor: int = 4, mel_mean: float = -4.0, mel_std: float = 2.5):
+                 frames: int = 256, latent_factor: int = 4, mel_mean: float = -4.0, mel_std: float = 2.5,
+                 time_factor: int | None = None):
         super().__init__()
         self.register_modules(unet=unet, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler)
         self._register_codec(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels,
-                             frames=frames, latent_factor=latent_factor, mel_mean=mel_mean, mel_std=mel_std)
+                             frames=frames, latent_factor=latent_factor, mel_mean=mel_mean, mel_std=mel_std,
+                             time_factor=time_factor)
 
     def encode_audio(self, wave: torch.Tensor) -> torch.Tensor:
-        """(B, clip_samples) waveform at `sample_rate` -> latents (B, 16, 64, 16)."""
+        """(B, clip_samples) waveform at `sample_rate` -> latents (B, *codec.latent_shape)."""
         return self.codec.encode(wave.to(self.unet.device))
 
     def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:

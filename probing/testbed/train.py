@@ -3,9 +3,12 @@
     python -m probing.testbed.train --run runs/testbed --minutes 85 --out probing/testbed/weights
     python -m probing.testbed.train --arch dit --run runs/testbed-dit --minutes 85 --out probing/testbed/weights_dit
 
-`--arch unet` (the UNet/DDIM testbed) learns eps with min-SNR weighting; `--arch dit` (the
-flow-matching DiT testbed) learns the rectified-flow velocity eps - x0 at sigma drawn from a
-logit-normal (Esser et al. 2024), x_sigma = (1 - sigma) x0 + sigma eps.
+`--arch unet` (the UNet/DDIM testbed) learns what its scheduler predicts (v2: v, v1: eps) with
+min-SNR weighting; `--arch dit` (the flow-matching DiT testbed) learns the rectified-flow velocity
+eps - x0 at sigma drawn from a logit-normal (Esser et al. 2024), x_sigma = (1 - sigma) x0 + sigma eps.
+`--decay-steps N` decays the learning rate along a cosine to a tenth of `--lr` at step N (constant
+without it); `--init-from FOLDER --matching-only` starts from the tensors of an exported pipeline whose
+names and shapes match (e.g. v1's weights for v2: every block but the latent's in/out convolutions).
 
 Re-running the same command resumes from `<run>/checkpoint`. The rendered training set is cached
 in `<run>/data.npz`; losses go to `<run>/loss.csv`; the export (EMA weights) is written to a
@@ -28,14 +31,15 @@ from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from probing.synth import caption, class_lists, templates
-from probing.testbed.build import build_untrained
+from probing.testbed.build import UNET_CODEC, build_untrained
 from probing.testbed.codec import MelCodec
 from probing.testbed.data import ATTRIBUTES, TestbedData, caption_vocabulary, render_dataset
 from probing.testbed.dit import TestbedDiTPipeline, build_untrained_dit
 from probing.testbed.pipeline import TestbedPipeline
 
-ARCHITECTURES = {"unet": (build_untrained, TestbedPipeline, "unet"),
-                 "dit": (build_untrained_dit, TestbedDiTPipeline, "transformer")}
+# (builder, pipeline class, denoiser attribute, codec settings)
+ARCHITECTURES = {"unet": (build_untrained, TestbedPipeline, "unet", UNET_CODEC),
+                 "dit": (build_untrained_dit, TestbedDiTPipeline, "transformer", {})}
 
 CAPTION_DROPOUT = 0.1  # empty caption, so classifier-free guidance works
 MIN_SNR_GAMMA = 5.0
@@ -45,11 +49,11 @@ class Trainer:
     """One training run: model, optimiser, EMA, data; `checkpoint()`/`resume()` round-trip all of it."""
 
     def __init__(self, run: Path, data: TestbedData, words: list[str], lr: float, batch: int, seed: int,
-                 arch: str = "unet"):
+                 arch: str = "unet", decay_steps: int | None = None):
         self.run, self.data, self.words, self.batch, self.arch = run, data, words, batch, arch
-        codec = MelCodec(mel_mean=data.mel_mean, mel_std=data.mel_std)
-        build, self.pipeline_class, denoiser = ARCHITECTURES[arch]
-        self.pipe = build(words, seed=seed, codec=codec)
+        build, self.pipeline_class, denoiser, codec_settings = ARCHITECTURES[arch]
+        self.codec = MelCodec(mel_mean=data.mel_mean, mel_std=data.mel_std, **codec_settings)
+        self.pipe = build(words, seed=seed, codec=self.codec)
         self.modules = {denoiser: getattr(self.pipe, denoiser), "text_encoder": self.pipe.text_encoder}
         params = [p for m in self.modules.values() for p in m.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
@@ -58,7 +62,7 @@ class Trainer:
         self.rng = np.random.default_rng(seed)
         self.classes = class_lists()
         self.template_ids = sorted(templates())
-        self.lr = lr
+        self.lr, self.decay_steps = lr, decay_steps
 
     def captions(self, label_rows: np.ndarray) -> list[str]:
         out = []
@@ -70,15 +74,21 @@ class Trainer:
             out.append(caption(*names, int(self.rng.choice(self.template_ids)), alias_rng=self.rng))
         return out
 
-    def eps_loss(self, x0: torch.Tensor, noise: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def diffusion_loss(self, x0: torch.Tensor, noise: torch.Tensor, hidden: torch.Tensor,
+                       mask: torch.Tensor) -> torch.Tensor:
         alphas = self.pipe.scheduler.alphas_cumprod.float()
         t = torch.from_numpy(self.rng.integers(0, len(alphas), self.batch))
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
-        eps = self.pipe.unet(xt, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
+        out = self.pipe.unet(xt, t, encoder_hidden_states=hidden, encoder_attention_mask=mask).sample
         snr = a.flatten() / (1 - a.flatten())
-        weight = snr.clamp(max=MIN_SNR_GAMMA) / snr  # min-SNR weighting (Hang et al. 2023): faster convergence
-        return (weight * F.mse_loss(eps, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+        # min-SNR-gamma weighting (Hang et al. 2023), in each target's own form: eps-loss x snr = x0-loss,
+        # v-loss x (snr + 1) = x0-loss, so both weight the x0 error by min(snr, gamma)
+        if self.pipe.scheduler.config.prediction_type == "v_prediction":
+            target, weight = a.sqrt() * noise - (1 - a).sqrt() * x0, snr.clamp(max=MIN_SNR_GAMMA) / (snr + 1)
+        else:
+            target, weight = noise, snr.clamp(max=MIN_SNR_GAMMA) / snr
+        return (weight * F.mse_loss(out, target, reduction="none").mean(dim=(1, 2, 3))).mean()
 
     def flow_loss(self, x0: torch.Tensor, noise: torch.Tensor, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         x0, noise = self.pipe.to_sequence(x0), self.pipe.to_sequence(noise)
@@ -89,15 +99,22 @@ class Trainer:
                                   timestep=sigma).sample
         return F.mse_loss(v, noise - x0)
 
+    def learning_rate(self) -> float:
+        """200 warm-up steps, then constant or (with `decay_steps`) a cosine down to lr / 10."""
+        warmup = min(1.0, (self.step + 1) / 200)
+        if self.decay_steps is None:
+            return self.lr * warmup
+        progress = min(1.0, self.step / self.decay_steps)
+        return self.lr * warmup * (0.1 + 0.45 * (1 + np.cos(np.pi * progress)))
+
     def train_step(self) -> float:
-        index = self.rng.integers(0, len(self.data.latents), self.batch)
-        x0 = torch.from_numpy(self.data.latents[index].astype(np.float32))
+        index = self.rng.integers(0, len(self.data.mels), self.batch)
+        x0 = self.data.latents(self.codec, index)
         hidden, mask = self.pipe.encode_prompt(self.captions(self.data.labels[index]))
         noise = torch.from_numpy(self.rng.standard_normal(x0.shape).astype(np.float32))
-        loss = (self.flow_loss if self.arch == "dit" else self.eps_loss)(x0, noise, hidden, mask)
-        warmup = min(1.0, (self.step + 1) / 200)
+        loss = (self.flow_loss if self.arch == "dit" else self.diffusion_loss)(x0, noise, hidden, mask)
         for group in self.optimizer.param_groups:
-            group["lr"] = self.lr * warmup
+            group["lr"] = self.learning_rate()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for g in self.optimizer.param_groups for p in g["params"]], 1.0)
@@ -144,18 +161,28 @@ class Trainer:
         self.rng.bit_generator.state = state["rng"]
         return True
 
-    def init_from(self, folder: Path) -> None:
-        """Start from an exported pipeline's weights (model and EMA; fresh optimiser), e.g. to train on."""
+    def init_from(self, folder: Path, matching_only: bool = False) -> list[str]:
+        """Start from an exported pipeline's weights (model and EMA; fresh optimiser), e.g. to train on.
+
+        With `matching_only`, copy only the tensors whose names and shapes match (another fold or
+        head: v1 -> v2) and return the names left at their initialisation.
+        """
         source = self.pipeline_class.from_pretrained(folder)
         if source.tokenizer.get_vocab() != self.pipe.tokenizer.get_vocab():
             raise SystemExit(f"{folder} has another caption vocabulary than this run")
         if abs(source.codec.mel_mean - self.data.mel_mean) > 1e-3 or abs(source.codec.mel_std - self.data.mel_std) > 1e-3:
             raise SystemExit(f"{folder} normalises log-mels differently from this run's data (render it with the "
                              "same --clips and --seed)")
+        skipped = []
         for name, module in self.modules.items():
             state = getattr(source, name).state_dict()
-            module.load_state_dict(state)
-            self.ema[name].load_state_dict(state)
+            if matching_only:
+                own = module.state_dict()
+                skipped += [f"{name}.{k}" for k, v in own.items() if k not in state or state[k].shape != v.shape]
+                state = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            module.load_state_dict(state, strict=not matching_only)
+            self.ema[name].load_state_dict(state, strict=not matching_only)
+        return skipped
 
     def export(self, out: Path) -> TestbedPipeline | TestbedDiTPipeline:
         """Save the EMA weights as a diffusers pipeline folder (safetensors), atomically."""
@@ -180,6 +207,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--decay-steps", type=int, default=None,
+                        help="cosine learning-rate decay to lr/10 at this step (default: constant after warm-up)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes between checkpoints")
     parser.add_argument("--threads", type=int, default=2,
@@ -187,6 +216,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--export-only", action="store_true", help="export the last checkpoint to --out and stop")
     parser.add_argument("--init-from", type=Path, help="start a new run from an exported pipeline (e.g. the shipped "
                                                         "weights) instead of random weights")
+    parser.add_argument("--matching-only", action="store_true",
+                        help="with --init-from: copy only tensors whose names and shapes match (v1 weights into v2)")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -197,12 +228,14 @@ def main(argv: list[str] | None = None) -> None:
     else:
         data = render_dataset(args.clips, seed=args.seed, workers=args.threads)
         data.save(data_path)
-    trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed, args.arch)
+    trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed, args.arch,
+                      args.decay_steps)
     if trainer.resume():
         print(f"resumed at step {trainer.step}")
     elif args.init_from is not None:
-        trainer.init_from(args.init_from)
-        print(f"starting from the weights in {args.init_from}")
+        skipped = trainer.init_from(args.init_from, args.matching_only)
+        print(f"starting from the weights in {args.init_from}" + (f"; initialised afresh: {', '.join(skipped)}"
+                                                                   if skipped else ""))
     if args.export_only:
         if args.out is None or trainer.step == 0:
             raise SystemExit("--export-only needs --out and a checkpoint in --run")
