@@ -177,7 +177,9 @@ def lpaps_distance(a: np.ndarray, b: np.ndarray, sr: int, weights: LPAPSNet | st
     """LPAPS distance between two clips (frames aligned by index, the shorter length).
 
     Args:
-        a, b: mono waveforms at `sr` (resampled to 22.05 kHz).
+        a: a mono waveform at `sr` (resampled to 22.05 kHz).
+        b: the other mono waveform at `sr`.
+        sr: their sample rate.
         weights: a network from `load_lpaps`, or the path of its weights file.
 
     Returns:

@@ -29,7 +29,8 @@ def chroma_similarity(a: np.ndarray, b: np.ndarray, sr: int) -> float:
     energy above 1e-6.
 
     Args:
-        a, b: mono waveforms at `sr`.
+        a: a mono waveform at `sr`.
+        b: the other mono waveform at `sr`.
         sr: their sample rate (resampled to 16 kHz).
 
     Returns:

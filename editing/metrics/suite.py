@@ -10,7 +10,7 @@ Examples:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 
@@ -19,6 +19,9 @@ from editing.metrics.clap import DEFAULT_CLAP, ClapEmbedder, load_clap
 from editing.metrics.lpaps import LPAPSNet, lpaps_distance
 from editing.metrics.spectral import chroma_similarity
 from editing.metrics.testbed import classifier_adherence, ideal_edit_distance, prompt_targets
+
+if TYPE_CHECKING:
+    from probing.synth.classifier import AttributeClassifier
 
 SET_METRICS = {
     "fad": "FAD compares two sets of clips (many edits): editing.metrics.frechet_audio_distance",
@@ -31,11 +34,13 @@ SET_METRICS = {
 
 def score_edit(source: np.ndarray, edited: np.ndarray, sr: int, prompt: str, *,
                clap: ClapEmbedder | str | Path = DEFAULT_CLAP, lpaps: LPAPSNet | str | Path | None = None,
-               ideal: np.ndarray | None = None, classifier=None) -> dict[str, dict]:
+               ideal: np.ndarray | None = None, classifier: AttributeClassifier | None = None) -> dict[str, dict]:
     """Every per-edit metric of the suite for one (source, edited, prompt) triple.
 
     Args:
-        source, edited: mono clips at `sr`.
+        source: the source clip, mono at `sr`.
+        edited: the edited clip, mono at `sr`.
+        sr: their sample rate.
         prompt: the target prompt of the edit.
         clap: a loaded CLAP, or a checkpoint id/folder (unavailable when it is not here).
         lpaps: a network from `load_lpaps`, or its weights file; None: LPAPS unavailable.

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 
 from editing.metrics._common import MetricUnavailableError
 from editing.metrics.spectral import chroma_similarity, log_mel_distance
 from probing.errors import MelodiaError
+
+if TYPE_CHECKING:
+    from probing.synth.classifier import AttributeClassifier
 
 # The classifier's rhythm features span 48 onset hops of 512 samples at 16 kHz (1.54 s); its
 # training clips are 4.1 s long.
@@ -45,7 +48,7 @@ class ClassifierAdherence:
 
 
 def classifier_adherence(waves: Sequence[np.ndarray], sr: int, target: str, attribute: str = "instrument",
-                         classifier=None) -> ClassifierAdherence:
+                         classifier: AttributeClassifier | None = None) -> ClassifierAdherence:
     """Probability of, and accuracy on, the target class of `attribute` for the clips.
 
     Args:
