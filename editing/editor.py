@@ -111,7 +111,8 @@ def _timed(timings: dict[str, float], phase: str):
 class Melodia:
     """The editor for one model (any adapter: testbed, AudioLDM 2, ...)."""
 
-    def __init__(self, model, memory_budget_mb: float = 1024.0, profile: LayerProfile | None = None):
+    def __init__(self, model, memory_budget_mb: float = 1024.0, profile: LayerProfile | None = None,
+                 require_baseline: bool = True):
         self.flow = model.prediction == "flow"
         if not self.flow and not hasattr(model.scheduler, "alphas_cumprod"):
             raise MelodiaError(f"{model.name}: its {type(model.scheduler).__name__} is neither a DDPM/DDIM-family "
@@ -120,6 +121,7 @@ class Melodia:
         self.model = model
         self.memory_budget_mb = memory_budget_mb
         self.profile = profile
+        self.require_baseline = require_baseline  # see LayerProfile.select_edit_layers
         self._table: LayerTable | None = None
 
     @property
@@ -135,7 +137,7 @@ class Melodia:
         if self.profile.n_layers != self.table.n_layers:
             raise MelodiaError(f"the layer profile is of {self.profile.model!r} with {self.profile.n_layers} layers, "
                                f"but {self.model.name} has {self.table.n_layers}; probe this model's captures")
-        return self.profile.select_edit_layers().spec
+        return self.profile.select_edit_layers(require_baseline=self.require_baseline).spec
 
     def injected_modules(self, layers: str | None) -> list[ModuleInfo]:
         """Self-attention modules a layer spec selects ('auto': see `auto_layers`)."""

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from probing.errors import MelodiaError
-from probing.features import TEXT_EMBEDDING
+from probing.features import TEXT_EMBEDDING, TOKEN_SPANS
 from probing.layers import LayerTable, ModuleInfo, measure_layer_table
 from probing.maps import Reduction
 from probing.prompts import PromptSet
@@ -42,7 +42,9 @@ class CaptureSettings:
     step_indices: tuple[int, ...] | None = None  # which denoising steps to keep (None: all)
     guidance: float = 3.0
     seed: int = 0
-    seed_per_prompt: bool = False  # prompt i starts from noise seed + i (else every prompt from the same noise)
+    # prompt i starts from noise seed + i; False: every prompt from the same noise (the confounded protocol:
+    # with one noise, any prompt dependence of a map is decodable, even a random denoiser's)
+    seed_per_prompt: bool = True
     reduction: Reduction = Reduction()
     random_denoiser: int | None = None  # seed: capture a freshly initialised denoiser (the probes' baseline)
 
@@ -90,7 +92,23 @@ def randomized_denoiser(model, seed: int | None) -> Iterator[None]:
         model.pipeline.register_modules(**{key: trained})
 
 
-def map_spec(module: ModuleInfo, n_steps: int, reduction: Reduction) -> ArraySpec:
+def prompt_token_spans(model, prompts: PromptSet) -> tuple[list[str], np.ndarray] | None:
+    """(slot names + "prompt", (n_prompts, n_slots + 1, 2) token ranges on the key axis), or None when the
+    prompt set has no slots or the model's cross-attention keys are not its prompt's tokens."""
+    if not prompts.slot_spans or not prompts.labels:
+        return None
+    slots = sorted(prompts.labels)
+    names = [*slots, "prompt"]
+    rows = []
+    for text, spans in zip(prompts.prompts, prompts.slot_spans):
+        tokens = model.token_spans(text, {k: spans[k] for k in slots if k in spans})
+        if tokens is None:
+            return None
+        rows.append([tokens.get(name, (-1, -1)) for name in names])
+    return names, np.asarray(rows, dtype=np.int32)
+
+
+def map_spec(module: ModuleInfo, n_steps: int, reduction: Reduction, word_keys: bool = False) -> ArraySpec:
     """The store array for one module's maps: (step, [cfg], [head], query, key)."""
     shape, dims = [n_steps], ["step"]
     if reduction.batch == "both":
@@ -100,7 +118,8 @@ def map_spec(module: ModuleInfo, n_steps: int, reduction: Reduction) -> ArraySpe
     query_grid = reduction.pooled(module.grid)
     keys = query_grid[0] * query_grid[1] if module.kind == "self" else module.key_tokens
     attrs = {"module": module.path, "alias": module.alias, "kind": module.kind, "layer": module.layer,
-             "query_grid": list(query_grid), "key_grid": list(query_grid) if module.kind == "self" else None}
+             "query_grid": list(query_grid), "key_grid": list(query_grid) if module.kind == "self" else None,
+             "word_keys": module.kind == "cross" and word_keys}
     return ArraySpec(f"{module.path}/{module.kind}", (*shape, query_grid[0] * query_grid[1], keys),
                      (*dims, "query", "key"), attrs=attrs)
 
@@ -135,8 +154,11 @@ def distributed_rank() -> tuple[int, int]:
 
 
 def open_store(model, prompts: PromptSet, url: str, settings: CaptureSettings, table: LayerTable,
-               rank: int = 0, world: int = 1, overwrite: bool = False) -> tuple[CaptureStore, list[ModuleInfo]]:
-    """Create (or resume) the store for this run; returns it with the selected modules."""
+               rank: int = 0, world: int = 1, overwrite: bool = False,
+               spans: tuple[list[str], np.ndarray] | None = None) -> tuple[CaptureStore, list[ModuleInfo]]:
+    """Create (or resume) the store for this run; returns it with the selected modules.
+
+    `spans` (from `prompt_token_spans`) adds the per-prompt word token ranges array."""
     if settings.reduction.batch == "both" and settings.guidance <= 1.0:
         raise MelodiaError("batch=both keeps both halves of the CFG batch, but guidance <= 1 runs no CFG batch; "
                            "use batch=cond or --guidance above 1")
@@ -152,8 +174,12 @@ def open_store(model, prompts: PromptSet, url: str, settings: CaptureSettings, t
     if settings.seed_per_prompt:
         identity["seed_per_prompt"] = True
     embedding = pooled_text_embedding(model, "")
-    specs = [map_spec(m, len(timesteps), settings.reduction) for m in modules]
+    specs = [map_spec(m, len(timesteps), settings.reduction, spans is not None and model.keys_are_prompt_tokens(m))
+             for m in modules]
     specs.append(ArraySpec(TEXT_EMBEDDING, embedding.shape, ("embedding",), "float32", attrs={"kind": "text"}))
+    if spans is not None:
+        specs.append(ArraySpec(TOKEN_SPANS, spans[1].shape[1:], ("slot", "bound"), "int32",
+                               attrs={"kind": "spans", "slots": spans[0]}))
     store = CaptureStore.open_for_rank(url, rank=rank, world=world, prompts=prompts.prompts, specs=specs,
                                        identity=identity, labels=prompts.labels or None,
                                        template_ids=prompts.template_ids or None,
@@ -173,7 +199,8 @@ def _capture(model, prompts: PromptSet, url: str, settings: CaptureSettings, ove
              progress: bool) -> CaptureStore:
     rank, world = distributed_rank()
     table = _with_context_tokens(measure_layer_table(model), model.context_tokens(prompts.prompts))
-    store, modules = open_store(model, prompts, url, settings, table, rank, world, overwrite)
+    spans = prompt_token_spans(model, prompts)
+    store, modules = open_store(model, prompts, url, settings, table, rank, world, overwrite, spans)
     timesteps = store.identity["timesteps"]
     # Writing prompt i overlaps generating prompt i+1 (one write in flight: memory stays bounded).
     with ThreadPoolExecutor(max_workers=1) as writer:
@@ -184,6 +211,8 @@ def _capture(model, prompts: PromptSet, url: str, settings: CaptureSettings, ove
                 model.generate(prompts.prompts[index], settings.steps, settings.guidance, seed, decode=False)
             maps = _prompt_maps(recorder, modules, store.specs, timesteps, settings.reduction)
             maps[TEXT_EMBEDDING] = pooled_text_embedding(model, prompts.prompts[index])
+            if spans is not None:
+                maps[TOKEN_SPANS] = spans[1][index]
             if pending_write is not None:
                 pending_write.result()  # re-raises a failed write here
             pending_write = writer.submit(store.write_prompt, index, maps)

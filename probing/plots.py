@@ -39,43 +39,57 @@ def save_figure(figure, path: str | Path | None, dpi: int = 110):
     return figure
 
 
+FAMILY_STYLES = {"flat": "o-", "word": "s-", "keys": "^-"}
+
+
 def plot_profile(profile: LayerProfile, path: str | Path | None = None, probe: str = "mlp",
                  selection: tuple[int, ...] | None = None):
-    """Balanced accuracy per layer, one panel per attribute: self vs cross with 95 % CIs, the linear
-    probe (dashed), the control task (dotted), chance, the text-only and random-denoiser baselines,
-    and the selected injection band (shaded)."""
+    """Balanced accuracy per layer, one row per split and one panel per attribute: self-attention and
+    each cross-attention feature family (word-aligned, key summary, flattened) with the 95 % CI of
+    the headline family, its linear probe (dashed), control task (dotted) and random-denoiser
+    baseline (x), chance, the text-only baseline, and the selected injection band (shaded)."""
     plt = pyplot()
     layers = np.arange(1, profile.n_layers + 1)
-    attributes = list(profile.attributes)
-    figure, axes = plt.subplots(1, len(attributes), figsize=(4.6 * len(attributes), 3.6), sharey=True, squeeze=False,
-                                layout="constrained")
-    for ax, attribute in zip(axes[0], attributes):
-        if selection:
-            ax.axvspan(min(selection) - 0.5, max(selection) + 0.5, color="0.9", label="injected (self)")
-        for kind, colour in KIND_COLOURS.items():
-            accuracy = profile.curve(attribute, kind, probe)
-            if np.isnan(accuracy).all():
-                continue
-            ax.plot(layers, accuracy, "o-", color=colour, ms=3, label=f"{kind} ({probe})")
-            ax.fill_between(layers, profile.curve(attribute, kind, probe, value="ci_low"),
-                            profile.curve(attribute, kind, probe, value="ci_high"), color=colour, alpha=0.2, lw=0)
-            ax.plot(layers, profile.curve(attribute, kind, "linear"), "--", color=colour, lw=1, label=f"{kind} (linear)")
-            ax.plot(layers, profile.curve(attribute, kind, probe, value="control"), ":", color=colour, lw=1,
-                    label=f"{kind} control task")
-            random = profile.curve(attribute, kind, probe, random_denoiser=True)
-            if not np.isnan(random).all():
-                ax.plot(layers, random, "x", color=colour, ms=4, label=f"{kind}, random denoiser")
-        text = profile.score(attribute, "text", probe)
-        if text is not None:
-            ax.axhline(text.accuracy, color="tab:green", ls="-.", lw=1, label="text embedding only")
-        ax.axhline(1 / len(profile.attributes[attribute]), color="0.4", lw=1, label="chance")
-        ax.set_title(f"{attribute} ({len(profile.attributes[attribute])} classes)")
-        ax.set_xlabel("layer")
-        ax.set_xticks(layers)
-        ax.set_ylim(0, 1.02)
-    axes[0][0].set_ylabel("balanced accuracy (grouped CV)")
+    attributes, splits = list(profile.attributes), profile.splits or ["template"]
+    figure, axes = plt.subplots(len(splits), len(attributes), figsize=(4.6 * len(attributes), 3.4 * len(splits)),
+                                sharey=True, squeeze=False, layout="constrained")
+    for row, split in zip(axes, splits):
+        for ax, attribute in zip(row, attributes):
+            if selection:
+                ax.axvspan(min(selection) - 0.5, max(selection) + 0.5, color="0.9", label="injected (self)")
+            for kind, colour in KIND_COLOURS.items():
+                primary = profile.primary_family(kind)
+                for family in profile.families(kind):
+                    accuracy = profile.curve(attribute, kind, probe, features=family, split=split)
+                    if np.isnan(accuracy).all():
+                        continue
+                    ax.plot(layers, accuracy, FAMILY_STYLES[family], color=colour, ms=3,
+                            alpha=1.0 if family == primary else 0.45, label=f"{kind}/{family}")
+                    if family != primary:
+                        continue
+                    ax.fill_between(layers, profile.curve(attribute, kind, probe, value="ci_low", features=family,
+                                                          split=split),
+                                    profile.curve(attribute, kind, probe, value="ci_high", features=family,
+                                                  split=split), color=colour, alpha=0.2, lw=0)
+                    ax.plot(layers, profile.curve(attribute, kind, "linear", features=family, split=split), "--",
+                            color=colour, lw=1, label=f"{kind}/{family} linear")
+                    ax.plot(layers, profile.curve(attribute, kind, probe, value="control", features=family,
+                                                  split=split), ":", color=colour, lw=1,
+                            label=f"{kind}/{family} control (template nuisance)")
+                    random = profile.curve(attribute, kind, probe, random_denoiser=True, features=family, split=split)
+                    if not np.isnan(random).all():
+                        ax.plot(layers, random, "x", color=colour, ms=5, label=f"{kind}/{family}, random denoiser")
+            text = profile.score(attribute, "text", probe, split=split)
+            if text is not None:
+                ax.axhline(text.accuracy, color="tab:green", ls="-.", lw=1, label="text embedding only")
+            ax.axhline(1 / len(profile.attributes[attribute]), color="0.4", lw=1, label="chance")
+            ax.set_title(f"{attribute} ({len(profile.attributes[attribute])} classes), {split} split", fontsize=10)
+            ax.set_xlabel("layer")
+            ax.set_xticks(layers)
+            ax.set_ylim(0, 1.02)
+        row[0].set_ylabel("balanced accuracy")
     handles, labels = axes[0][-1].get_legend_handles_labels()
-    figure.legend(handles, labels, loc="outside lower center", ncol=min(5, len(labels)), fontsize=8, frameon=False)
+    figure.legend(handles, labels, loc="outside lower center", ncol=min(4, len(labels)), fontsize=8, frameon=False)
     figure.suptitle(f"{profile.model}: what each attention layer encodes")
     return save_figure(figure, path)
 

@@ -1,14 +1,16 @@
 """LayerProfile: what every attention layer encodes, as versioned JSON, and the editor's layer choice.
 
-A profile holds one cross-validated `ProbeScore` per (attribute, target, probe kind): targets are
-"self:L" / "cross:L" (layer L's maps) and "text" (the prompt embedding alone), plus the same probes
-on a randomly initialised denoiser's maps when that baseline was captured. `select_edit_layers`
-turns it into the self-attention band Melodia injects, with the reasons.
+A profile holds one cross-validated `ProbeScore` per (attribute, target, feature family, probe
+kind, split): targets are "self:L" / "cross:L" (layer L's maps) and "text" (the prompt embedding
+alone), plus the same probes on a randomly initialised denoiser's maps when that baseline was
+captured. `select_edit_layers` turns it into the self-attention band Melodia injects, with the
+reasons; it refuses a profile without the random-denoiser baseline unless told otherwise.
 
-Schema (version 1): {"format": "melodia.layer_profile", "version": 1, "model", "n_layers",
+Schema (version 2): {"format": "melodia.layer_profile", "version": 2, "model", "n_layers",
 "attributes": {name: [classes]}, "settings": {...}, "scores": [ProbeScore...],
 "random_denoiser": [ProbeScore...]}; a ProbeScore is {"attribute", "target", "probe", "accuracy",
-"ci": [lo, hi], "control", "chance", "n_prompts", "n_groups"}. Accuracies are balanced accuracies.
+"ci": [lo, hi], "control", "control_chance", "chance", "n_prompts", "n_groups", "features",
+"split"}. Accuracies are balanced accuracies. Version 1 profiles (one family, template split) load.
 
 Examples:
     >>> profile = build_profile(open_capture("maps.zarr"))
@@ -24,13 +26,14 @@ from pathlib import Path
 import numpy as np
 
 from probing.errors import MelodiaError
-from probing.features import layer_features, text_features
+from probing.features import layer_features, text_features, word_features_unavailable
 from probing.paths import write_json
-from probing.probes import ProbeScore, ProbeSettings, probe_features
+from probing.probes import SPLITS, ProbeScore, ProbeSettings, probe_features
 from probing.store import CaptureStore
 
 PROFILE_FORMAT = "melodia.layer_profile"
-PROFILE_VERSION = 1
+PROFILE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 DEFAULT_BAND_FRACTION = 7 / 16  # AudioLDM 2's documented default, self:8-14 of 16 layers
 
 
@@ -58,17 +61,43 @@ class LayerProfile:
     settings: dict = field(default_factory=dict)
 
     # ---- reading ---------------------------------------------------------------------------
-    def score(self, attribute: str, target: str, probe: str = "mlp", random_denoiser: bool = False) -> ProbeScore | None:
-        """The score of one probe, or None when it was not run."""
+    @property
+    def splits(self) -> list[str]:
+        """The split protocols the profile holds, the honest one ("template") first."""
+        return [s for s in SPLITS if any(score.split == s for score in self.scores)]
+
+    @property
+    def has_baseline(self) -> bool:
+        return bool(self.random_denoiser)
+
+    def families(self, kind: str) -> list[str]:
+        """Feature families probed for `kind` ("self"/"cross"/"text")."""
+        found = {s.features for s in self.scores if s.target.startswith(f"{kind}:") or s.target == kind}
+        return [f for f in ("flat", "word", "keys", "embedding") if f in found]
+
+    def primary_family(self, kind: str) -> str:
+        """The family a headline number uses: word-aligned maps for cross-attention when the store had
+        token spans, else the position-free key summary; the flattened maps for self-attention."""
+        families = self.families(kind)
+        for family in (("word", "keys", "flat") if kind == "cross" else ("flat",)):
+            if family in families:
+                return family
+        return "flat"
+
+    def score(self, attribute: str, target: str, probe: str = "mlp", random_denoiser: bool = False,
+              features: str | None = None, split: str = "template") -> ProbeScore | None:
+        """The score of one probe (family default: `primary_family`), or None when it was not run."""
         pool = self.random_denoiser if random_denoiser else self.scores
-        return next((s for s in pool if (s.attribute, s.target, s.probe) == (attribute, target, probe)), None)
+        family = features or ("embedding" if target == "text" else self.primary_family(target.split(":")[0]))
+        return next((s for s in pool if (s.attribute, s.target, s.probe, s.features, s.split)
+                     == (attribute, target, probe, family, split)), None)
 
     def curve(self, attribute: str, kind: str, probe: str = "mlp", random_denoiser: bool = False,
-              value: str = "accuracy") -> np.ndarray:
+              value: str = "accuracy", features: str | None = None, split: str = "template") -> np.ndarray:
         """`value` ("accuracy", "control", "ci_low", "ci_high") per layer 1..n_layers (NaN where not probed)."""
         out = np.full(self.n_layers, np.nan)
         for layer in range(1, self.n_layers + 1):
-            s = self.score(attribute, f"{kind}:{layer}", probe, random_denoiser)
+            s = self.score(attribute, f"{kind}:{layer}", probe, random_denoiser, features, split)
             if s is not None:
                 out[layer - 1] = {"accuracy": s.accuracy, "control": s.control, "ci_low": s.ci[0],
                                   "ci_high": s.ci[1]}[value]
@@ -92,7 +121,7 @@ class LayerProfile:
         return np.fmax.reduce(np.stack(rescaled), axis=0) if rescaled else np.full(self.n_layers, np.nan)
 
     # ---- the editor's layer choice ---------------------------------------------------------
-    def select_edit_layers(self, width: int | None = None) -> LayerSelection:
+    def select_edit_layers(self, width: int | None = None, require_baseline: bool = True) -> LayerSelection:
         """The contiguous band of self-attention layers where the attributes are least decodable.
 
         Rule: score each layer by its self-attention decodability (max over attributes of the MLP
@@ -101,7 +130,14 @@ class LayerProfile:
         layers (default: 7/16 of the layers, AudioLDM 2's default band width) with the lowest mean;
         ties go to the deeper band (decoder side). Injecting source Q/K there carries the source's
         structure with the least of its instrument, style and mood. Deterministic.
+
+        Without the random-denoiser baseline a random network's decodability cannot be told from a
+        learned one: refused (MelodiaError) unless `require_baseline=False`, which the reasons say.
         """
+        if require_baseline and not self.has_baseline:
+            raise MelodiaError("the profile has no random-denoiser baseline, so a layer's decodability cannot be told "
+                               "from what a random network shows: capture one (melodia capture ... --random-denoiser 0) "
+                               "and probe with --random-baseline, or pass --no-baseline to select anyway")
         scores = self.decodability("self")
         probed = ~np.isnan(scores)
         if not probed.any():
@@ -130,6 +166,8 @@ class LayerProfile:
             *([f"only {int(probed.sum())} of {self.n_layers} self-attention layers were probed and "
                f"{int((~probed[best:best + width]).sum())} of the band's {width} were not (scored as fully decodable): "
                "capture --layers self:* for a real selection"] if not probed.all() else []),
+            *(["no random-denoiser baseline (--no-baseline): what a random network's maps show counts as encoded"]
+              if not self.has_baseline else []),
             "decodable is not the same as used: check the band with `melodia bench --ablation layers`",
         )
         return LayerSelection(f"self:{layers[0]}-{layers[-1]}", layers, reasons)
@@ -145,9 +183,9 @@ class LayerProfile:
     def from_json(cls, data: dict) -> LayerProfile:
         if data.get("format") != PROFILE_FORMAT:
             raise MelodiaError("not a melodia layer profile (no 'format': 'melodia.layer_profile')")
-        if data.get("version") != PROFILE_VERSION:
+        if data.get("version") not in READABLE_VERSIONS:
             raise MelodiaError(f"layer profile version {data.get('version')} is not supported "
-                               f"(this melodia reads version {PROFILE_VERSION})")
+                               f"(this melodia reads versions {', '.join(map(str, READABLE_VERSIONS))})")
         return cls(data["model"], int(data["n_layers"]), {k: list(v) for k, v in data["attributes"].items()},
                    [ProbeScore.from_json(s) for s in data["scores"]],
                    [ProbeScore.from_json(s) for s in data.get("random_denoiser", [])], dict(data.get("settings", {})))
@@ -168,42 +206,57 @@ class LayerProfile:
         return cls.from_json(data)
 
 
-def _labelled(store: CaptureStore, attributes: list[str] | None) -> dict[str, list[str]]:
+def labelled(store: CaptureStore, attributes: list[str] | None) -> dict[str, list[str]]:
+    """The store's labels of `attributes` (default: all); MelodiaError when it has none of them."""
     labels = store.labels if attributes is None else {a: store.labels[a] for a in attributes if a in store.labels}
     missing = sorted(set(attributes or []) - set(store.labels))
     if missing or not labels:
-        raise MelodiaError(f"{store.url} has no labels {missing or ''} to probe (it was captured from a "
+        raise MelodiaError(f"{store.url} has no labels{' ' + ', '.join(missing) if missing else ''} to probe (it was captured from a "
                            f"plain prompt list?); capture a YAML prompt set such as datasets/probing/testbed.yaml")
     return labels
 
 
 def _probe_store(store: CaptureStore, labels: dict[str, list[str]], settings: ProbeSettings,
-                 steps: tuple[int, ...] | None, with_text: bool, progress) -> list[ProbeScore]:
-    features = {f.name: f.values for f in layer_features(store, steps)}
+                 steps: tuple[int, ...] | None, with_text: bool, progress, splits: tuple[str, ...],
+                 families: tuple[str, ...] | None) -> list[ProbeScore]:
+    features = {f.key: f.values for f in layer_features(store, steps, families=families)}
     text = text_features(store) if with_text else None
     if text is not None:
         features["text"] = text
-    return probe_features(features, labels, store.template_ids, settings, progress=progress)
+    return probe_features(features, labels, store.template_ids, settings, progress=progress, splits=splits)
+
+
+def check_baseline(store: CaptureStore, random_store: CaptureStore) -> None:
+    """The random-denoiser store must hold the same prompts, captured with the same noise protocol."""
+    if random_store.prompts != store.prompts:
+        raise MelodiaError(f"{random_store.url} holds other prompts than {store.url}; capture the random "
+                           "baseline from the same prompt set")
+    if random_store.identity.get("random_denoiser") is None:
+        raise MelodiaError(f"{random_store.url} was not captured with --random-denoiser")
+    protocol = {k: [s.identity.get(k) for s in (store, random_store)] for k in ("seed_per_prompt", "steps", "seed")}
+    differing = [f"{k} {a} vs {b}" for k, (a, b) in protocol.items() if a != b]
+    if differing:
+        raise MelodiaError(f"{random_store.url} was captured with another protocol than {store.url} "
+                           f"({', '.join(differing)}); capture the baseline with the same --steps, --seed and noise")
 
 
 def build_profile(store: CaptureStore, settings: ProbeSettings = ProbeSettings(),
                   random_store: CaptureStore | None = None, attributes: list[str] | None = None,
-                  steps: tuple[int, ...] | None = None, progress=None) -> LayerProfile:
-    """Probe every (layer, kind) x attribute of `store` (and of `random_store`, the random-denoiser
-    baseline captured from the same prompts) into a LayerProfile."""
-    labels = _labelled(store, attributes)
+                  steps: tuple[int, ...] | None = None, progress=None, splits: tuple[str, ...] = SPLITS,
+                  families: tuple[str, ...] | None = None) -> LayerProfile:
+    """Probe every (layer, kind, feature family) x attribute of `store` under each split (and the same on
+    `random_store`, the random-denoiser baseline captured from the same prompts) into a LayerProfile."""
+    labels = labelled(store, attributes)
     if random_store is not None:
-        if random_store.prompts != store.prompts:
-            raise MelodiaError(f"{random_store.url} holds other prompts than {store.url}; capture the random "
-                               "baseline from the same prompt set")
-        if random_store.identity.get("random_denoiser") is None:
-            raise MelodiaError(f"{random_store.url} was not captured with --random-denoiser")
-    scores = _probe_store(store, labels, settings, steps, True, progress)
-    random_scores = [] if random_store is None else _probe_store(random_store, labels, settings, steps, False, progress)
+        check_baseline(store, random_store)
+    scores = _probe_store(store, labels, settings, steps, True, progress, splits, families)
+    random_scores = [] if random_store is None else _probe_store(random_store, labels, settings, steps, False,
+                                                                 progress, splits, families)
     table = store.attrs.get("layer_table", {})
     n_layers = table.get("n_layers") or max(s.attrs["layer"] for s in store.specs if "layer" in s.attrs)
     classes = {a: sorted(set(v)) for a, v in labels.items()}
     meta = {"probe": settings.to_json(), "steps_pooled": "all" if steps is None else list(steps),
             "store": store.url, "prompt_set": store.attrs.get("prompt_set"), "capture": store.identity,
-            "random_store": None if random_store is None else random_store.url}
+            "random_store": None if random_store is None else random_store.url, "splits": list(splits),
+            "word_features": word_features_unavailable(store) or "available"}
     return LayerProfile(store.identity.get("model", "?"), int(n_layers), classes, scores, random_scores, meta)

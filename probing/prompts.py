@@ -3,15 +3,20 @@
 A YAML prompt set names its attributes (class lists), its caption templates (ids kept, so probes
 can split by template), and optionally `sample: N` balanced random combinations instead of the
 full product. `attributes_from: synth` / `templates_from: synth` reuse the synthetic dataset's
-lists. A plain text file is one prompt per line (no labels).
+lists. A plain text file is one prompt per line (no labels, no slots).
+
+Each prompt of a YAML set also keeps the character span of every slot word in it (`slot_spans`),
+so capture can find the tokens of "violin" wherever the template put it.
 
 Examples:
     >>> prompts = load_prompts(datasets_dir() / "probing" / "testbed.yaml")
     >>> prompts.prompts[0], prompts.labels["instrument"][0], prompts.template_ids[0]
+    >>> start, stop = prompts.slot_spans[0]["instrument"]; prompts.prompts[0][start:stop]
 """
 from __future__ import annotations
 
 import itertools
+import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,12 +29,14 @@ from probing.paths import datasets_dir
 
 @dataclass(frozen=True)
 class PromptSet:
-    """Prompts with per-attribute labels and the template id each prompt came from (-1: none)."""
+    """Prompts with per-attribute labels, the template id each prompt came from (-1: none) and, per
+    prompt, the character span [start, stop) of each attribute's slot word (empty without templates)."""
 
     prompts: list[str]
     labels: dict[str, list[str]] = field(default_factory=dict)
     template_ids: list[int] = field(default_factory=list)
     name: str = ""
+    slot_spans: list[dict[str, tuple[int, int]]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -47,6 +54,25 @@ def _balanced_combinations(attributes: dict[str, list[str]], n: int, rng: np.ran
         cycle = np.resize(np.arange(len(classes)), n)
         columns[name] = [classes[i] for i in rng.permutation(cycle)]
     return [{name: columns[name][i] for name in attributes} for i in range(n)]
+
+
+def fill_template(template: str, values: dict[str, str]) -> tuple[str, dict[str, tuple[int, int]]]:
+    """`template.format(**values)` and the character span of each filled slot (first occurrence).
+
+    >>> fill_template("a {mood} waltz on {instrument}", {"mood": "sad", "instrument": "violin"})
+    ('a sad waltz on violin', {'mood': (2, 5), 'instrument': (15, 21)})
+    """
+    text, spans = "", {}
+    for literal, field_name, spec, conversion in string.Formatter().parse(template):
+        text += literal
+        if field_name is None:
+            continue
+        if field_name not in values:
+            raise KeyError(field_name)
+        value = format(values[field_name], spec or "")
+        spans.setdefault(field_name, (len(text), len(text) + len(value)))
+        text += value
+    return text, spans
 
 
 def expand_prompt_set(spec: dict, name: str = "") -> PromptSet:
@@ -67,11 +93,12 @@ def expand_prompt_set(spec: dict, name: str = "") -> PromptSet:
         pairs = [(combo, t) for t in sorted(templates) for combo in product]
         combos, template_ids = [c for c, _ in pairs], [t for _, t in pairs]
     try:
-        prompts = [templates[t].format(**combo) for combo, t in zip(combos, template_ids)]
+        filled = [fill_template(templates[t], combo) for combo, t in zip(combos, template_ids)]
     except KeyError as missing:
         raise MelodiaError(f"prompt set {name!r}: a template uses {missing} which is not an attribute") from None
     labels = {attribute: [combo[attribute] for combo in combos] for attribute in attributes}
-    return PromptSet(prompts, labels, template_ids, spec.get("name", name))
+    return PromptSet([text for text, _ in filled], labels, template_ids, spec.get("name", name),
+                     [spans for _, spans in filled])
 
 
 def load_prompts(path: str | Path) -> PromptSet:

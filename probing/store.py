@@ -349,6 +349,12 @@ class CaptureStore:
         sync(_gather(writes))  # all shards of the prompt concurrently (compression runs in zarr's pool)
         self._array("done")[index] = True
 
+    def spec(self, name: str) -> ArraySpec:
+        """The spec of array `name` (KeyError naming the known arrays otherwise)."""
+        if name not in self._specs:
+            raise KeyError(f"no array {name!r} in {self.url}; known: {sorted(self._specs)}")
+        return self._specs[name]
+
     def read(self, name: str, prompts: slice | list[int] | None = None) -> np.ndarray:
         """Maps `name` of the chosen prompts (all by default), shaped ``(n_prompts, *spec.shape)``.
 
@@ -357,9 +363,7 @@ class CaptureStore:
             >>> s.read("blk.attn1/self", [0]).shape
             (1, 2, 4, 4)
         """
-        if name not in self._specs:
-            raise KeyError(f"no array {name!r} in {self.url}; known: {sorted(self._specs)}")
-        array = self._group[self._specs[name].array_name]
+        array = self._group[self.spec(name).array_name]
         if prompts is None or isinstance(prompts, slice):
             return array[prompts if prompts is not None else slice(None)]
         return array.oindex[np.asarray(prompts, dtype=np.int64)]

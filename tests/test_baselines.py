@@ -66,11 +66,12 @@ def test_ddpm_friendly_maps_follow_the_schedulers_prediction_type(untrained_test
                               seeded())
     config = untrained_testbed.scheduler.config
     monkeypatch.setattr(untrained_testbed.pipeline, "scheduler",
-                        DDIMScheduler.from_config(config, prediction_type="v_prediction"))
+                        DDIMScheduler.from_config(config, prediction_type="epsilon" if config.prediction_type ==
+                                                  "v_prediction" else "v_prediction"))
     maps = ddpm_noise_maps(untrained_testbed, z0, untrained_testbed.encode_prompt([""], 1.0), STEPS, T_START,
                            seeded())
     assert len(maps.noise) == round(STEPS * T_START) and torch.equal(maps.start, epsilon.start)
-    assert not torch.allclose(maps.noise[0], epsilon.noise[0], atol=1e-2)  # the model output was read as v
+    assert not torch.allclose(maps.noise[0], epsilon.noise[0], atol=1e-2)  # the model output was read as the other type
     torch.testing.assert_close(regenerate(untrained_testbed, z0, "", 1.0), z0, atol=1e-5, rtol=0)
 
 

@@ -208,10 +208,12 @@ def test_ranks_edit_disjoint_items_and_the_summary_merges_them(capsys, monkeypat
 
 
 def profile_selecting_2_to_8() -> LayerProfile:
-    """A 16-layer profile whose self-attention is least decodable in layers 2-8."""
+    """A 16-layer profile whose self-attention is least decodable in layers 2-8 (a random denoiser: chance)."""
     scores = [ProbeScore("instrument", f"self:{layer}", "mlp", 0.3 if 2 <= layer <= 8 else 0.9, (0.2, 1.0), 0.25,
                          0.25, 64, 8) for layer in range(1, 17)]
-    return LayerProfile("testbed", 16, {"instrument": ["a", "b", "c", "d"]}, scores)
+    random = [ProbeScore("instrument", f"self:{layer}", "mlp", 0.25, (0.2, 0.3), 0.25, 0.25, 64, 8)
+              for layer in range(1, 17)]
+    return LayerProfile("testbed", 16, {"instrument": ["a", "b", "c", "d"]}, scores, random)
 
 
 def test_the_layer_ablation_runs_the_paper_bands_and_auto_from_a_profile(

@@ -18,7 +18,7 @@ def test_the_testbed_has_audioldm2s_sixteen_positions(table):
     blocks = [m.position.split(".")[0] for m in table.modules if m.kind == "self"]
     assert blocks == ["down_blocks"] * 6 + ["mid_block"] + ["up_blocks"] * 9  # forward order, not name order
     tokens = [m.query_tokens for m in table.modules if m.kind == "self"]
-    assert tokens == [256, 256, 64, 64, 16, 16, 16, 16, 16, 16, 64, 64, 64, 256, 256, 256]
+    assert tokens == [512, 512, 128, 128, 32, 32, 32, 32, 32, 32, 128, 128, 128, 512, 512, 512]  # v2: 64x8 ... 16x2
 
 
 def test_kinds_come_from_what_the_module_attended_to(table):

@@ -46,12 +46,12 @@ def test_padding_tokens_get_no_attention(untrained_testbed, calls):
 
 
 def test_pooling_averages_queries_and_keeps_key_mass(untrained_testbed, calls):
-    full = reduce_call(untrained_testbed, calls[SELF], FULL)  # (2, heads, 256, 256) on a 32x8 grid
+    full = reduce_call(untrained_testbed, calls[SELF], FULL)  # (2, heads, 512, 512) on a 64x8 grid
     pooled = reduce_call(untrained_testbed, calls[SELF], Reduction(heads="mean", grid=(16, 4), batch="both"))
     assert pooled.shape == (2, 1, 64, 64)
     torch.testing.assert_close(pooled.sum(-1), torch.ones(2, 1, 64), atol=1e-5, rtol=0)
-    # axes: batch, query (time, dt, freq, df), key (time, dt, freq, df): 2x2 windows on both grids
-    grid = full.mean(1).reshape(2, 16, 2, 4, 2, 16, 2, 4, 2)
+    # axes: batch, query (time, dt, freq, df), key (time, dt, freq, df): 4x2 windows on both grids
+    grid = full.mean(1).reshape(2, 16, 4, 4, 2, 16, 4, 4, 2)
     expected = grid.mean(dim=(2, 4)).sum(dim=(4, 6)).reshape(2, 64, 64)
     torch.testing.assert_close(pooled[:, 0], expected, atol=1e-6, rtol=0)
 

@@ -8,9 +8,9 @@ import pytest
 
 from probing.attribution import layer_attribution, map_attribution
 from probing.errors import MelodiaError
-from probing.features import LayerFeatures
-from probing.probes import (MLPProbe, ProbeSettings, balanced_accuracy, cluster_bootstrap_ci, grouped_folds,
-                            probe_features)
+from probing.features import LayerFeatures, key_summary, word_maps
+from probing.probes import (MLPProbe, ProbeSettings, balanced_accuracy, cluster_bootstrap_ci, control_labels,
+                            grouped_folds, probe_features, split_folds)
 
 FAST = ProbeSettings(hidden=32, components=16, epochs=80, bootstrap=200)
 
@@ -56,14 +56,14 @@ def test_cluster_bootstrap_ci_brackets_the_estimate_and_is_degenerate_when_perfe
     assert cluster_bootstrap_ci(y, y, groups, 3, 100, np.random.default_rng(0)) == (1.0, 1.0)
 
 
-def test_probes_read_a_decodable_layer_and_the_control_task_stays_at_chance():
+def test_probes_read_a_decodable_layer_and_the_control_stays_at_chance_without_the_nuisance():
     x, y, groups = labelled_features()
     noise = np.random.default_rng(5).normal(size=x.shape).astype(np.float32)
     scores = {(s.target, s.probe): s for s in probe_features({"signal": x, "noise": noise}, {"a": y}, groups, FAST)}
     for probe in ("mlp", "linear"):
         signal = scores["signal", probe]
         assert signal.accuracy > 0.8 and signal.ci[0] > 0.7
-        assert abs(signal.control - 0.25) < 0.12 and signal.selectivity > 0.6  # permuted labels: nothing to learn
+        assert abs(signal.control - 0.25) < 0.12 and signal.selectivity > 0.6  # the features hold no template
         assert scores["noise", probe].accuracy < 0.4 and signal.chance == 0.25
 
 
@@ -104,3 +104,65 @@ def test_layer_attribution_credits_the_layer_that_carries_the_label(held_out):
     layers = [LayerFeatures(1, "self", ("a",), noise), LayerFeatures(2, "cross", ("b",), x)]
     drops = layer_attribution(layers, y, FAST, groups=groups if held_out else None)
     assert drops["cross:2"] > 0.3 and abs(drops["self:1"]) < 0.1
+
+
+def moving_word_maps(n_templates: int = 8, per_template: int = 40, n_classes: int = 4, seed: int = 0):
+    """Cross maps (prompt, query 16, key 12) where the attribute word sits at another token in each
+    template and its column carries the class (mass on query block `class`): what a word-aligned
+    reading must find and a flattened reading cannot carry across templates."""
+    rng = np.random.default_rng(seed)
+    n = n_templates * per_template
+    groups = np.repeat(np.arange(n_templates), per_template)
+    y = rng.integers(0, n_classes, n)
+    position = rng.permutation(12)[:n_templates]  # the word's token in each template
+    maps = rng.dirichlet(np.ones(12), size=(n, 16)).astype(np.float32)
+    columns = position[groups]
+    for cls in range(n_classes):
+        rows = np.flatnonzero(y == cls)
+        maps[rows[:, None], np.arange(4 * cls, 4 * cls + 4), columns[rows, None]] += 0.6
+    maps /= maps.sum(-1, keepdims=True)
+    spans = np.stack([columns, columns + 1], axis=1)
+    return maps, spans, [f"c{v}" for v in y], groups
+
+
+def test_word_aligned_features_read_a_moving_word_across_templates_where_flattened_maps_cannot():
+    maps, spans, y, groups = moving_word_maps()
+    features = {"cross:1/flat": maps.reshape(len(maps), -1), "cross:1/word": {"a": word_maps(maps, spans)},
+                "cross:1/keys": key_summary(maps)}
+    scores = {(s.features, s.split): s.accuracy
+              for s in probe_features(features, {"a": y}, groups, FAST, probes=("mlp",), splits=("template", "random"))}
+    assert scores["word", "template"] > 0.9  # the word's own column, wherever it sits
+    assert scores["flat", "template"] < 0.45  # the signal is at a column the test template never used in training
+    assert scores["flat", "random"] > 0.8  # ... which random splits hide: every template is seen in training
+    # a span off by one token reads another word's column: the alignment is what carries the signal
+    shifted = word_maps(maps, (spans + 1) % 12)
+    misaligned = probe_features({"cross:1/word": {"a": shifted}}, {"a": y}, groups, FAST, probes=("mlp",))
+    assert misaligned[0].accuracy < 0.45
+
+
+def test_the_control_rises_above_chance_when_the_features_carry_the_template():
+    maps, _, y, groups = moving_word_maps()
+    flat = maps.reshape(len(maps), -1)  # the word column's position gives the template away
+    noise = np.random.default_rng(1).normal(size=flat.shape).astype(np.float32)
+    scores = {s.target: s for s in probe_features({"carries": flat, "blind": noise}, {"a": y}, groups, FAST,
+                                                  probes=("mlp",))}
+    assert scores["carries"].control_chance == 0.25
+    assert scores["carries"].control > 0.6  # a random class per template, learned from the template's trace
+    assert abs(scores["blind"].control - 0.25) < 0.12
+
+
+def test_control_labels_are_a_fixed_function_of_the_template():
+    groups = np.repeat(np.arange(10), 5)
+    labels = control_labels(groups, 4, seed=0)
+    assert all(len(set(labels[groups == g])) == 1 for g in range(10))  # one class per template
+    assert sorted(np.bincount(labels[::5]).tolist()) == [2, 2, 3, 3]  # balanced over the classes
+    assert np.array_equal(labels, control_labels(groups, 4, seed=0))
+
+
+def test_the_random_split_shares_templates_and_an_unknown_split_is_refused():
+    groups = np.repeat(np.arange(6), 20)
+    folds = split_folds("random", groups, 5, seed=0)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(120))
+    assert all(set(groups[test]) & set(np.delete(groups, test)) for test in folds)
+    with pytest.raises(MelodiaError, match="unknown split 'prompt'"):
+        split_folds("prompt", groups, 5, seed=0)

@@ -18,16 +18,19 @@ from probing.prompts import load_prompts
 from probing.store import open_capture
 
 
-def synthetic_profile(self_accuracy: list[float], cross_accuracy: float = 0.9) -> LayerProfile:
-    """A profile of len(self_accuracy) layers, one 4-class attribute, the given accuracies."""
-    scores = []
+def synthetic_profile(self_accuracy: list[float], cross_accuracy: float = 0.9, baseline: bool = True) -> LayerProfile:
+    """A profile of len(self_accuracy) layers, one 4-class attribute, the given accuracies; with
+    `baseline`, a random denoiser at chance on every layer."""
+    scores, random = [], []
     for layer, accuracy in enumerate(self_accuracy, start=1):
         for kind, value in (("self", accuracy), ("cross", cross_accuracy)):
             for probe in ("mlp", "linear"):
                 scores.append(ProbeScore("instrument", f"{kind}:{layer}", probe, value, (value - 0.05, value + 0.05),
                                          0.25, 0.25, 64, 8))
-    scores.append(ProbeScore("instrument", "text", "mlp", 0.95, (0.9, 1.0), 0.25, 0.25, 64, 8))
-    return LayerProfile("m", len(self_accuracy), {"instrument": ["a", "b", "c", "d"]}, scores)
+                random.append(ProbeScore("instrument", f"{kind}:{layer}", probe, 0.25, (0.2, 0.3), 0.25, 0.25, 64, 8))
+    scores.append(ProbeScore("instrument", "text", "mlp", 0.95, (0.9, 1.0), 0.25, 0.25, 64, 8, "embedding"))
+    return LayerProfile("m", len(self_accuracy), {"instrument": ["a", "b", "c", "d"]}, scores,
+                        random if baseline else [])
 
 
 def test_profile_json_round_trips(tmp_path):
@@ -74,16 +77,27 @@ def small_store(untrained_testbed, tmp_path_factory) -> str:
     url = str(tmp_path_factory.mktemp("probe") / "s.zarr")
     prompts = load_prompts("testbed-small.yaml")
     subset = type(prompts)(prompts.prompts[:40], {k: v[:40] for k, v in prompts.labels.items()},
-                           prompts.template_ids[:40], "small40")
+                           prompts.template_ids[:40], "small40", prompts.slot_spans[:40])
     capture(untrained_testbed, subset, url, CaptureSettings(layers="1-3", steps=2), progress=False)
     return url
 
 
-def test_a_store_holds_the_text_embedding_and_one_feature_matrix_per_layer_and_kind(small_store, untrained_testbed):
+def test_a_store_holds_the_text_embedding_and_the_feature_families_of_every_layer(small_store, untrained_testbed):
     store = open_capture(small_store)
     layers = layer_features(store)
-    assert [f.name for f in layers] == ["self:1", "cross:1", "self:2", "cross:2", "self:3", "cross:3"]
+    assert [f.key for f in layers] == [f"{kind}:{layer}/{family}" for layer in (1, 2, 3)
+                                       for kind, family in (("self", "flat"), ("cross", "flat"), ("cross", "word"),
+                                                            ("cross", "keys"))]
     assert layers[0].values.shape == (40, 64 * 64) and layers[1].values.shape == (40, 64 * 16)
+    assert {k: v.shape for k, v in layers[2].values.items()} == {a: (40, 64) for a in ("instrument", "mood", "style")}
+    assert layers[3].values.shape == (40, 16 + 64)  # sorted key mass + per-query entropy
+    # the word map is the word's own key columns: its tokens, wherever the template put them
+    spans = store.read("text/spans")
+    cross = store.read(layers[1].modules[0] + "/cross").astype(np.float32).mean(1)  # (prompt, query, key)
+    slot = store.spec("text/spans").attrs["slots"].index("instrument")
+    start, stop = spans[5, slot]
+    assert store.prompts[5].split()[start:stop] == [store.labels["instrument"][5]]
+    np.testing.assert_allclose(layers[2].values["instrument"][5], cross[5, :, start:stop].sum(-1), rtol=1e-5)
     embedding = store.read(TEXT_EMBEDDING)
     assert embedding.shape[0] == 40
     np.testing.assert_allclose(embedding[3], pooled_text_embedding(untrained_testbed, store.prompts[3]), rtol=1e-6)
@@ -95,14 +109,20 @@ def test_melodia_probe_writes_profile_and_plot_and_edit_uses_its_selection(small
     profile_path, plot_path = tmp_path / "profile.json", tmp_path / "profile.png"
     assert main(["probe", small_store, "-o", str(profile_path), "--plot", str(plot_path), "--folds", "3"]) == 0
     out = capsys.readouterr().out
-    assert "selected self:" in out and "text embedding alone" in out
+    assert "no injection band selected" in out and "text embedding alone" in out and "cross/word" in out
     profile = LayerProfile.load(profile_path)
     assert {s.target for s in profile.scores} == {"self:1", "cross:1", "self:2", "cross:2", "self:3", "cross:3", "text"}
+    assert {(s.features, s.split) for s in profile.scores if s.target == "cross:2"} == {
+        (f, split) for f in ("flat", "word", "keys") for split in ("template", "random")}
     assert set(profile.attributes) == {"instrument", "style", "mood"} and plot_path.stat().st_size > 20_000
     for score in profile.scores:
         assert 0 <= score.ci[0] <= score.ci[1] <= 1 and score.n_groups == 10
-    assert main(["layers", untrained_testbed_dir, "--profile", str(profile_path)]) == 0
-    assert profile.select_edit_layers().spec in capsys.readouterr().out
+    # a profile without the random-denoiser baseline chooses no layers unless told so
+    assert main(["layers", untrained_testbed_dir, "--profile", str(profile_path)]) == 2
+    assert "no random-denoiser baseline" in capsys.readouterr().err
+    assert main(["layers", untrained_testbed_dir, "--profile", str(profile_path), "--no-baseline"]) == 0
+    out = capsys.readouterr().out
+    assert profile.select_edit_layers(require_baseline=False).spec in out and "no random-denoiser baseline" in out
 
 
 def test_auto_layers_come_from_the_profile_when_given(untrained_testbed):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import sys
 
-from editing.commands.common import add_model_argument, formatter, print_json
+from editing.commands.common import add_model_argument, add_profile_arguments, formatter, load_profile, print_json
 
 DEFAULT_METHODS = "melodia,ddim,sdedit,ddpm-friendly"  # on DDPM-family models
 DEFAULT_FLOW_METHODS = "melodia,inversion,sdedit,flowedit"  # on flow-matching models
@@ -45,7 +45,7 @@ def add_parser(sub) -> None:
     add_model_argument(parser)
     parser.add_argument("--layers", default="auto", help="melodia's layer spec (default auto: --profile's band, "
                         "else the model's default)")
-    parser.add_argument("--profile", metavar="JSON", help="layer profile (`melodia probe`): the auto band")
+    add_profile_arguments(parser, "layer profile (`melodia probe`): the auto band")
     parser.add_argument("--category", help="only these categories, comma-separated: timbre, style, mood")
     parser.add_argument("--limit", type=_positive, metavar="N", help="only the first N items (after --category)")
     parser.add_argument("--data-dir", metavar="DIR", help="folder holding the manifest's audio files")
@@ -77,7 +77,6 @@ def run(args) -> None:
     from editing.manifests import load_manifest
     from probing.errors import MelodiaError
     from probing.models import load_model
-    from probing.profile import LayerProfile
 
     if not args.summarize:
         if not args.manifest:
@@ -88,9 +87,10 @@ def run(args) -> None:
         items = manifest.select(categories, args.limit)
         shard = Shard.from_env()
         manifest.check_files(items[shard.rank::shard.world], args.data_dir)  # before the model loads
-        profile = LayerProfile.load(args.profile) if args.profile else None
+        profile = load_profile(args)
         scorer = Scorer.load(args.clap, args.lpaps)
-        editor = Melodia(load_model(args.model, device=args.device), profile=profile)
+        editor = Melodia(load_model(args.model, device=args.device), profile=profile,
+                         require_baseline=not args.no_baseline)
         plan = BenchPlan(manifest, _conditions(args, editor), args.model,
                          EditOptions(args.t_start, args.steps, args.guidance, args.seed), items,
                          "layers" if args.ablation else "methods", {"clap": args.clap, "lpaps": args.lpaps})

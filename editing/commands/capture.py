@@ -20,7 +20,9 @@ examples:
   melodia capture --prompts testbed-small.yaml --store m.zarr --steps 20 --timesteps 0,10,19 --reduce heads=all
   melodia capture --prompts testbed.yaml --store random.zarr --random-denoiser 0   # the probes' baseline
 
-Each store also holds every prompt's pooled text embedding (the probes' text-only baseline).
+Each store also holds every prompt's pooled text embedding (the probes' text-only baseline) and, for
+a YAML prompt set on a model whose cross-attention keys are its prompt tokens, the token range of
+every slot word (instrument, style, mood): the probes' word-aligned cross-attention features.
 """
 
 
@@ -34,10 +36,14 @@ def add_parser(sub) -> None:
     parser.add_argument("--timesteps", default="all", help="step indices to keep, e.g. 0,5,9 (default all)")
     parser.add_argument("--reduce", default="", help="e.g. heads=mean,grid=16x4,batch=cond")
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--seed", type=int, default=0, help="initial noise seed, the same for every prompt")
-    parser.add_argument("--seed-per-prompt", action="store_true",
-                        help="prompt i starts from noise --seed + i: probes then must read the attribute "
-                             "through the sampling noise, not from the prompt alone")
+    parser.add_argument("--seed", type=int, default=0, help="initial noise seed: prompt i starts from --seed + i")
+    noise = parser.add_mutually_exclusive_group()
+    noise.add_argument("--seed-per-prompt", dest="shared_noise", action="store_false", default=False,
+                       help="prompt i starts from noise --seed + i (the default): probes must read the attribute "
+                            "through the sampling noise, not from the prompt alone")
+    noise.add_argument("--shared-noise", action="store_true",
+                       help="every prompt starts from the same noise --seed: the confounded protocol (any prompt "
+                            "dependence becomes decodable, even a random denoiser's); for comparison only")
     parser.add_argument("--random-denoiser", type=int, metavar="SEED",
                         help="capture a freshly initialised denoiser (seeded) instead of the trained one: "
                              "the baseline of `melodia probe --random-baseline`")
@@ -87,7 +93,7 @@ def run(args) -> None:
     prompts = load_prompts(args.prompts)
     settings = CaptureSettings(layers=args.layers, steps=args.steps, step_indices=parse_step_indices(args.timesteps),
                                guidance=args.guidance, seed=args.seed, reduction=parse_reduction(args.reduce),
-                               random_denoiser=args.random_denoiser, seed_per_prompt=args.seed_per_prompt)
+                               random_denoiser=args.random_denoiser, seed_per_prompt=not args.shared_noise)
     model = load_model(args.model, device=args.device)
     store = capture(model, prompts, args.store, settings, overwrite=args.overwrite)
     done = int(store.done_mask().sum())

@@ -30,3 +30,22 @@ def formatter(parser_description: str):
 def print_json(data) -> None:
     json.dump(data, sys.stdout, indent=1)
     sys.stdout.write("\n")
+
+
+def add_profile_arguments(parser: argparse.ArgumentParser, help: str) -> None:
+    """--profile JSON (what `--layers auto` means) and --no-baseline (accept a profile without baseline)."""
+    parser.add_argument("--profile", metavar="JSON", help=help)
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="accept a --profile without the random-denoiser baseline for choosing layers (its "
+                             "selection then counts what a random network's maps show as encoded)")
+
+
+def load_profile(args):
+    """The --profile of `args`, checked for layer selection before any model loads (None without one)."""
+    if not args.profile:
+        return None
+    from probing.profile import LayerProfile
+
+    profile = LayerProfile.load(args.profile)
+    profile.select_edit_layers(require_baseline=not args.no_baseline)  # one clear line now, not after loading
+    return profile

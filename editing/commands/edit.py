@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from editing.commands.common import add_model_argument, formatter, print_json
+from editing.commands.common import add_model_argument, add_profile_arguments, formatter, load_profile, print_json
 from editing.editor import MAX_SOURCE_SECONDS, METHODS, Melodia
 
 HELP = """Edit a clip towards a text prompt (Melodia: source self-attention Q/K injected while denoising).
@@ -43,8 +43,8 @@ def add_parser(sub) -> None:
     parser.add_argument("-o", "--output", required=True, help="output .wav (a .json sidecar is written beside it)")
     add_model_argument(parser)
     parser.add_argument("--layers", default="auto", help="auto | layer spec | none (default auto)")
-    parser.add_argument("--profile", metavar="JSON", help="layer profile (`melodia probe`): --layers auto "
-                        "injects the band it selects instead of the family default")
+    add_profile_arguments(parser, "layer profile (`melodia probe`): --layers auto injects the band it selects "
+                                  "instead of the family default")
     parser.add_argument("--t-start", type=float, default=0.6, help="inverted fraction of the schedule, (0, 1]")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=3.5)
@@ -66,12 +66,11 @@ def run(args) -> None:
     from editing.plots import plot_spectrograms
     from probing.models import load_model
     from probing.paths import write_json
-    from probing.profile import LayerProfile
 
-    profile = LayerProfile.load(args.profile) if args.profile else None  # a bad file fails before the model loads
+    profile = load_profile(args)  # a bad file fails before the model loads
     model = load_model(args.model, device=args.device)
     source = load_audio(args.source, model.sample_rate, max_seconds=MAX_SOURCE_SECONDS)
-    editor = Melodia(model, profile=profile)
+    editor = Melodia(model, profile=profile, require_baseline=not args.no_baseline)
     result = editor.edit(source, args.prompt, method=args.method, layers=args.layers, t_start=args.t_start,
                          steps=args.steps, guidance=args.guidance, seed=args.seed, windows=args.windows,
                          source_prompt=args.source_prompt, source_guidance=args.source_guidance, progress=True)

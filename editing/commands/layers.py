@@ -1,7 +1,7 @@
 """`melodia layers`: the layer table of a model (numbers, module paths, kinds, heads, tokens)."""
 from __future__ import annotations
 
-from editing.commands.common import formatter, print_json
+from editing.commands.common import add_profile_arguments, formatter, load_profile, print_json
 
 HELP = """Print a model's attention layers, measured by one forward pass.
 
@@ -25,8 +25,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--reference", action="store_true",
                         help="the real cvssp/audioldm2-music UNet built from its pinned config on the meta "
                              "device (no weights, no network): the paper's layers 1-16")
-    parser.add_argument("--profile", metavar="JSON", help="a layer profile (`melodia probe`): show the "
-                        "self-attention layers it selects for editing, with the reasons")
+    add_profile_arguments(parser, "a layer profile (`melodia probe`): show the self-attention layers it selects "
+                                  "for editing, with the reasons")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--device", default="cpu")
     parser.set_defaults(run=run)
@@ -36,17 +36,14 @@ def run(args) -> None:
     from probing.layers import LayerTable, measure_layer_table
     from probing.models import load_model
 
+    profile = load_profile(args)  # before the model loads
     if args.reference:
         from probing.models.audioldm2 import reference_layer_table
 
         table = reference_layer_table()
     else:
         table = measure_layer_table(load_model(args.model, device=args.device))
-    selection = None
-    if args.profile:
-        from probing.profile import LayerProfile
-
-        selection = LayerProfile.load(args.profile).select_edit_layers()
+    selection = profile.select_edit_layers(require_baseline=not args.no_baseline) if profile else None
     spec = args.select or (selection.spec if selection else None)
     if spec:
         table = LayerTable(table.model, tuple(table.select(spec)))

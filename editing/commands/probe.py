@@ -5,19 +5,24 @@ from editing.commands.common import formatter, print_json
 
 HELP = """Which layers encode instrument, style and mood? Train one probe per layer x kind x attribute.
 
-Each probe reads one layer's maps (pooled over the stored denoising steps), is cross-validated
-with folds grouped by prompt template, and is scored by balanced accuracy with a 95 % cluster-
-bootstrap interval, next to its control task (labels permuted between prompts), the chance level,
-a linear probe, and a probe on the prompt's text embedding alone. With --random-baseline, the
-same probes run on the maps of a randomly initialised denoiser (captured from the same prompts
-with `melodia capture --random-denoiser 0`). The profile also names the self-attention band the
-editor injects with --layers auto, and why.
+Each probe reads one layer's maps (pooled over the stored denoising steps) through a feature
+family: self-attention maps flattened; cross-attention as the attribute word's own heat map over
+the music (word-aligned: the store knows each slot word's tokens), as a position-free summary of
+the key axis, and flattened (position-bound: blind across templates). It is cross-validated under
+two splits, template (folds grouped by prompt template: the honest one) and random (the usual
+protocol of probing papers), scored by balanced accuracy with a 95 % bootstrap interval, next to
+its control task (a random class per template: rises when the features carry the template), the
+chance level, a linear probe, and a probe on the prompt's text embedding alone. With
+--random-baseline, the same probes run on the maps of a randomly initialised denoiser (captured
+from the same prompts with the same noise protocol: `melodia capture --random-denoiser 0`).
+The profile also names the self-attention band the editor injects with --layers auto, and why;
+that choice needs the baseline (or --no-baseline).
 
 examples:
-  melodia capture --prompts datasets/probing/testbed.yaml --store maps.zarr
-  melodia probe maps.zarr -o profile.json --plot profile.png
-  melodia capture --prompts datasets/probing/testbed.yaml --store random.zarr --random-denoiser 0
-  melodia probe maps.zarr -o profile.json --random-baseline random.zarr --attributes instrument
+  melodia capture --prompts datasets/probing/testbed.yaml --store maps.zarr --steps 5
+  melodia capture --prompts datasets/probing/testbed.yaml --store random.zarr --steps 5 --random-denoiser 0
+  melodia probe maps.zarr -o profile.json --plot profile.png --random-baseline random.zarr
+  melodia probe maps.zarr -o p.json --split template --features word --attributes instrument --no-baseline
   melodia edit piano.wav --to "violin" -o out.wav --profile profile.json     # layers from the profile
 """
 
@@ -29,6 +34,13 @@ def add_parser(sub) -> None:
     parser.add_argument("-o", "--output", required=True, help="profile JSON to write")
     parser.add_argument("--plot", help="also draw the profile to this PNG")
     parser.add_argument("--random-baseline", metavar="STORE", help="store captured with --random-denoiser")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="select the injection band without a random-denoiser baseline (else none is selected)")
+    parser.add_argument("--split", default="template,random",
+                        help="cross-validation protocols, comma separated: template (grouped by prompt template) "
+                             "and/or random (default both)")
+    parser.add_argument("--features", default="all",
+                        help="feature families, comma separated: flat, word, keys (default all the store supports)")
     parser.add_argument("--attributes", help="comma-separated labels to probe (default: all in the store)")
     parser.add_argument("--steps", default="all", help="stored step indices to pool, e.g. 0,1 (default all)")
     parser.add_argument("--hidden", type=int, default=None, help="MLP width (default 32; 0 makes the MLP probe linear too)")
@@ -37,6 +49,16 @@ def add_parser(sub) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true", help="print the profile JSON to stdout")
     parser.set_defaults(run=run)
+
+
+def _choices(text: str, known: tuple[str, ...], option: str) -> tuple[str, ...]:
+    from probing.errors import MelodiaError
+
+    chosen = tuple(dict.fromkeys(v.strip() for v in text.split(",") if v.strip()))
+    unknown = [v for v in chosen if v not in known]
+    if unknown or not chosen:
+        raise MelodiaError(f"{option} {text!r}: unknown {unknown[0] if unknown else 'empty'} (known: {', '.join(known)})")
+    return chosen
 
 
 def _settings(args):
@@ -48,24 +70,38 @@ def _settings(args):
     return replace(ProbeSettings(), **{k: v for k, v in given.items() if v is not None})
 
 
+def _cell(profile, attribute: str, target: str, family: str, split: str) -> str:
+    s = profile.score(attribute, target, features=family, split=split)
+    if s is None:
+        return "-"
+    random = profile.score(attribute, target, random_denoiser=True, features=family, split=split)
+    return (f"{s.accuracy:.0%} [{s.ci[0]:.0%}-{s.ci[1]:.0%}]" + (f" r{random.accuracy:.0%}" if random else "")
+            + f" c{s.control:.0%}")
+
+
 def format_profile(profile, selection) -> str:
-    """Plain-text table: per attribute and layer, self and cross accuracy with CIs; then the selection."""
+    """Plain-text tables: per split, attribute and layer, each feature family's accuracy with its CI,
+    random-denoiser baseline (r) and control (c); then the selection (or why there is none)."""
+    columns = [("self", f) for f in profile.families("self")] + [("cross", f) for f in profile.families("cross")]
     lines = []
-    for attribute, classes in profile.attributes.items():
-        lines.append(f"{attribute} ({len(classes)} classes, chance {1 / len(classes):.1%}); "
-                     "balanced accuracy [95% CI] / control")
-        lines.append(f"{'layer':>5}  {'self':>24}  {'cross':>24}")
-        for layer in range(1, profile.n_layers + 1):
-            cells = []
-            for kind in ("self", "cross"):
-                s = profile.score(attribute, f"{kind}:{layer}")
-                cells.append("-" if s is None else f"{s.accuracy:.0%} [{s.ci[0]:.0%}-{s.ci[1]:.0%}] / {s.control:.0%}")
-            lines.append(f"{layer:>5}  {cells[0]:>24}  {cells[1]:>24}")
-        text = profile.score(attribute, "text")
-        if text is not None:
-            lines.append(f"{'text':>5}  text embedding alone: {text.accuracy:.0%} [{text.ci[0]:.0%}-{text.ci[1]:.0%}]")
-        lines.append("")
-    lines.append(selection.explain())
+    for split in profile.splits:
+        for attribute, classes in profile.attributes.items():
+            control = profile.score(attribute, f"{columns[0][0]}:1", features=columns[0][1], split=split)
+            lines.append(f"{attribute} ({len(classes)} classes, chance {1 / len(classes):.1%}), split {split}: "
+                         "balanced accuracy [95% CI], r = random denoiser, c = control"
+                         + (f" (chance {control.control_chance:.0%})" if control else ""))
+            lines.append(f"{'layer':>5}  " + "  ".join(f"{f'{kind}/{family}':>26}" for kind, family in columns))
+            for layer in range(1, profile.n_layers + 1):
+                cells = [_cell(profile, attribute, f"{kind}:{layer}", family, split) for kind, family in columns]
+                lines.append(f"{layer:>5}  " + "  ".join(f"{c:>26}" for c in cells))
+            text = profile.score(attribute, "text", split=split)
+            if text is not None:
+                lines.append(f"{'text':>5}  text embedding alone: {text.accuracy:.0%} "
+                             f"[{text.ci[0]:.0%}-{text.ci[1]:.0%}]")
+            lines.append("")
+    lines.append(selection.explain() if selection else
+                 "no injection band selected: the profile has no random-denoiser baseline (give --random-baseline, "
+                 "or --no-baseline to select without it)")
     return "\n".join(lines)
 
 
@@ -73,21 +109,31 @@ def run(args) -> None:
     from tqdm import tqdm
 
     from editing.commands.capture import parse_step_indices
+    from probing.errors import MelodiaError
+    from probing.features import word_features_unavailable
     from probing.plots import plot_profile
-    from probing.profile import build_profile
+    from probing.probes import SPLITS
+    from probing.profile import build_profile, labelled
     from probing.store import open_capture
 
+    splits = _choices(args.split, SPLITS, "--split")
+    families = None if args.features == "all" else _choices(args.features, ("flat", "word", "keys"), "--features")
     store = open_capture(args.store)
     random_store = open_capture(args.random_baseline) if args.random_baseline else None
     settings = _settings(args)
     attributes = args.attributes.split(",") if args.attributes else None
-    n_folds = settings.folds * (1 + (random_store is not None))
-    with tqdm(total=n_folds, desc="probing (folds)") as bar:
-        profile = build_profile(store, settings, random_store, attributes, parse_step_indices(args.steps), bar.update)
-    selection = profile.select_edit_layers()
+    labelled(store, attributes)  # an unlabelled store fails before the progress bar starts
+    if families and "word" in families and word_features_unavailable(store):
+        raise MelodiaError(word_features_unavailable(store))
+    n_folds = settings.folds * (1 + len(splits)) * (1 + (random_store is not None))
+    with tqdm(total=n_folds, desc=f"probing (folds: control + {', '.join(splits)})") as bar:
+        profile = build_profile(store, settings, random_store, attributes, parse_step_indices(args.steps), bar.update,
+                                splits, families)
+    selection = (profile.select_edit_layers(require_baseline=not args.no_baseline)
+                 if profile.has_baseline or args.no_baseline else None)
     profile.save(args.output)
     if args.plot:
-        plot_profile(profile, args.plot, selection=selection.layers)
+        plot_profile(profile, args.plot, selection=selection.layers if selection else None)
     if args.json:
         print_json(profile.to_json())
     else:

@@ -66,11 +66,20 @@ class AudioLDM2Model(DiffusionModel):
     pipeline_classes = ("AudioLDM2Pipeline",)
     default_edit_layers = "self:8-14"
     sample_rate = SAMPLE_RATE
+    word_aligned_keys = True  # for the T5 cross-attentions (t2) only: t1 attends GPT-2's 8 generated "LOA" tokens
 
     def __init__(self, pipeline: DiffusionPipeline, name: str, clip_seconds: float | None = None):
         super().__init__(pipeline, name)
         default = self.denoiser.config.sample_size * self.vae_scale_factor * HOP / SAMPLE_RATE
         self.clip_seconds = float(clip_seconds if clip_seconds is not None else default)
+
+    @property
+    def text_tokenizer(self):
+        return self.pipeline.tokenizer_2  # T5: the keys of every position's third transformer
+
+    def keys_are_prompt_tokens(self, module) -> bool:
+        """Only `t2` (T5 tokens) is word-aligned; `t1`'s keys are generated, not words of the prompt."""
+        return ".t2." in module.alias
 
     @property
     def vae_scale_factor(self) -> int:

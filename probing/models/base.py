@@ -60,6 +60,9 @@ class DiffusionModel(ABC):
     # "flow": flow matching, predict_noise returns the velocity dx/dsigma (see probing.models.flow).
     prediction: ClassVar[str] = "epsilon"
     pads_context_per_batch: ClassVar[bool] = False  # see context_tokens
+    # True when cross-attention's keys are `text_tokenizer`'s tokens of the prompt, in order from key 0
+    # (checked per family; see token_spans). False: word-aligned probe features are unavailable.
+    word_aligned_keys: ClassVar[bool] = False
     sample_rate: int
 
     def __init__(self, pipeline: DiffusionPipeline, name: str):
@@ -176,6 +179,38 @@ class DiffusionModel(ABC):
         chunks = [prompts[i:i + CONTEXT_CHUNK] for i in range(0, len(prompts), CONTEXT_CHUNK)]
         return max((self.encode_prompt(c, guidance=1.0).kwargs["encoder_hidden_states"].shape[1] for c in chunks),
                    default=0)
+
+    # ---- where the prompt's words sit on the cross-attention key axis ----------------------
+    @property
+    def text_tokenizer(self):
+        """The tokenizer whose tokens are cross-attention's keys (see `word_aligned_keys`)."""
+        return getattr(self.pipeline, "tokenizer", None)
+
+    def keys_are_prompt_tokens(self, module) -> bool:
+        """Whether cross-attention `module` (a `ModuleInfo`) attends to the prompt's tokens (not, e.g.,
+        generated or learned tokens); only then can a word's key columns be read from its maps."""
+        return self.word_aligned_keys
+
+    def token_spans(self, prompt: str, char_spans: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]] | None:
+        """Key-axis token range [start, stop) of each character span of `prompt`, plus "prompt": every
+        real token (special tokens included, padding not). None where the keys are not prompt tokens;
+        (-1, -1) for a span the tokenizer cut off.
+
+        >>> model.token_spans("a sad waltz on violin", {"instrument": (15, 21)})
+        {'instrument': (4, 5), 'prompt': (0, 6)}
+        """
+        tokenizer = self.text_tokenizer
+        if not self.word_aligned_keys or tokenizer is None or not getattr(tokenizer, "is_fast", False):
+            return None
+        limit = getattr(tokenizer, "model_max_length", None)
+        encoded = tokenizer(prompt, return_offsets_mapping=True, truncation=limit is not None and limit < 10**6)
+        offsets = encoded["offset_mapping"]
+        spans = {}
+        for name, (start, stop) in char_spans.items():
+            inside = [i for i, (a, b) in enumerate(offsets) if b > a and a < stop and b > start]
+            spans[name] = (inside[0], inside[-1] + 1) if inside else (-1, -1)
+        spans["prompt"] = (0, len(offsets))
+        return spans
 
     def sampling_timesteps(self, steps: int) -> list[float]:
         """The denoiser's timestep argument at each step of a `steps`-step generation."""

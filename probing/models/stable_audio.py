@@ -34,6 +34,7 @@ class StableAudioModel(DiffusionModel):
 
     family = "stable-audio"
     pipeline_classes = ("StableAudioPipeline",)
+    word_aligned_keys = True  # cross keys: the T5 tokens (padded), then the two duration tokens
 
     def __init__(self, pipeline: DiffusionPipeline, name: str, clip_seconds: float | None = None):
         super().__init__(pipeline, name)

@@ -47,6 +47,7 @@ class TestbedModel(TestbedAudio, DiffusionModel):
     family = "testbed"
     pipeline_classes = ("TestbedPipeline",)
     default_edit_layers = "self:8-14"  # laid out like AudioLDM 2: same 16 positions
+    word_aligned_keys = True  # keys: the T5 states of the prompt's word tokens, then </s> and padding
 
     @property
     def latent_shape(self) -> tuple[int, int, int]:

@@ -30,6 +30,7 @@ class TestbedDiTModel(TestbedAudio, AudioDiTAttentionGeometry, FlowModel):
     family = "testbed-dit"
     pipeline_classes = ("TestbedDiTPipeline",)
     default_edit_layers = "self:6-10"  # the later-middle blocks, as AudioLDM 2's 8-14 of 16
+    word_aligned_keys = True  # keys: the T5 states of the prompt's word tokens, then </s> and padding
 
     @property
     def latent_shape(self) -> tuple[int, int]:
