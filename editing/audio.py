@@ -35,10 +35,10 @@ def validate_wave(wave: np.ndarray, sample_rate: int, name: str = "audio", min_s
     return wave
 
 
-def load_audio(path: str | Path, sample_rate: int, **limits) -> np.ndarray:
-    """Read `path` (wav/flac/ogg/mp3...), mix to mono, resample to `sample_rate`, validate."""
-    import librosa
+def read_audio(path: str | Path, **limits) -> tuple[np.ndarray, int]:
+    """Read `path` (wav/flac/ogg/mp3...) mixed to mono at its own rate, validated: (wave, rate).
 
+    Cheap (no model needed), so commands check their input before loading a model."""
     path = Path(path)
     if not path.is_file():
         raise MelodiaError(f"{path}: no such file")
@@ -46,14 +46,35 @@ def load_audio(path: str | Path, sample_rate: int, **limits) -> np.ndarray:
         data, rate = sf.read(path, dtype="float32", always_2d=True)
         wave = data.mean(axis=1)
     except (sf.LibsndfileError, RuntimeError):
+        if path.suffix[1:].upper() in sf.available_formats() or path.suffix.lower() in (".wav", ".oga", ".opus"):
+            # a format libsndfile reads (wav, flac, ogg, mp3, ...) that it could not: no slow fallback
+            raise MelodiaError(f"{path}: not a readable {path.suffix[1:]} file") from None
+        import warnings
+
+        import librosa
+
         try:
-            wave, rate = librosa.load(path, sr=None, mono=True)
+            with warnings.catch_warnings():  # "PySoundFile failed. Trying audioread": we say it in one line
+                warnings.simplefilter("ignore")
+                wave, rate = librosa.load(path, sr=None, mono=True)
         except Exception as error:  # librosa raises many types for unreadable input
             raise MelodiaError(f"{path}: not a readable audio file ({type(error).__name__})") from None
-    validate_wave(wave, rate, name=str(path), **limits)  # before resampling: NaN must not reach librosa
+    return validate_wave(wave, rate, name=str(path), **limits), int(rate)  # NaN must not reach a resampler
+
+
+def resample(wave: np.ndarray, rate: int, sample_rate: int, name: str = "audio", **limits) -> np.ndarray:
+    """`wave` at `rate` -> at `sample_rate`, validated again."""
     if rate != sample_rate:
+        import librosa
+
         wave = librosa.resample(wave, orig_sr=rate, target_sr=sample_rate)
-    return validate_wave(wave, sample_rate, name=str(path), **limits)
+    return validate_wave(wave, sample_rate, name=name, **limits)
+
+
+def load_audio(path: str | Path, sample_rate: int, **limits) -> np.ndarray:
+    """Read `path` (wav/flac/ogg/mp3...), mix to mono, resample to `sample_rate`, validate."""
+    wave, rate = read_audio(path, **limits)
+    return resample(wave, rate, sample_rate, str(path), **limits)
 
 
 def write_wav(path: str | Path, wave: np.ndarray, sample_rate: int) -> Path:

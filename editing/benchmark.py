@@ -49,7 +49,7 @@ class Condition:
 
 def method_conditions(methods: Sequence[str], layers: str = "auto") -> list[Condition]:
     """One condition per method; `layers` applies to melodia, the baselines inject nothing."""
-    from editing.editor import METHODS
+    from editing.methods import METHODS
 
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods or len(set(methods)) < len(methods):

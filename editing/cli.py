@@ -12,10 +12,9 @@ import sys
 from editing.commands import bench, capture, demo, edit, generate, layers, probe, synth
 from editing.commands import eval as eval_command  # plain `eval` would shadow the builtin
 from probing.errors import MelodiaError
-from probing.store import NotACaptureStoreError, StoreMismatchError
 
 COMMANDS = (demo, synth, generate, layers, capture, probe, edit, eval_command, bench)
-USER_ERRORS = (MelodiaError, StoreMismatchError, NotACaptureStoreError, FileNotFoundError)
+USER_ERRORS = (MelodiaError, FileNotFoundError)  # the store's errors are MelodiaErrors too
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -23,15 +22,34 @@ def build_parser() -> argparse.ArgumentParser:
         prog="melodia",
         description="Open up text-to-music diffusion models: capture attention, probe layers, edit music.",
         epilog="Start with: melodia demo   |   melodia COMMAND --help for examples")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show the libraries' own warnings and log messages (hidden by default)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
     return parser
 
 
+def quiet_libraries() -> None:
+    """Hide library chatter (deprecation warnings, hub and loading logs): melodia says what matters in one
+    line. Set before the libraries are imported (they read their verbosity then)."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning, UserWarning):
+        warnings.filterwarnings("ignore", category=category)
+    for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
+        os.environ.setdefault(variable, "error")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not args.verbose:
+        quiet_libraries()
     try:
+        if getattr(args, "model", None) is not None:
+            from probing.models import check_model_name
+
+            check_model_name(args.model)  # a typo or a missing folder: one line, before anything loads
         args.run(args)
     except USER_ERRORS as error:
         print(f"melodia {args.command}: error: {error}", file=sys.stderr)

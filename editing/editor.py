@@ -28,20 +28,13 @@ from editing.baselines import NoiseMaps, ddpm_noise_maps, ddpm_sample, sdedit_no
 from editing.flow import flow_sdedit_noise, flowedit, ode_samplers
 from editing.injection import inject_source_qk, record_source_qk
 from editing.inversion import inverted_steps
+from editing.methods import MAX_SOURCE_SECONDS, METHODS, METHODS_BY_PREDICTION, SOURCE_PROMPT_METHODS, WINDOW_OVERLAP
 from editing.repository import AttentionRepository, predicted_bytes
 from editing.windows import join_windows, seam_flux_ratio, seam_positions, window_spans
 from probing.errors import MelodiaError
 from probing.layers import LayerTable, ModuleInfo, measure_layer_table
 from probing.profile import LayerProfile
 from probing.models.base import Conditioning
-
-METHODS = ("melodia", "inversion", "ddim", "sdedit", "ddpm-friendly", "flowedit")
-# Which methods each kind of model runs ("inversion" is "ddim" on DDPM-family models).
-METHODS_BY_PREDICTION = {"epsilon": ("melodia", "inversion", "ddim", "sdedit", "ddpm-friendly"),
-                         "flow": ("melodia", "inversion", "sdedit", "flowedit")}
-SOURCE_PROMPT_METHODS = ("ddpm-friendly", "flowedit")  # the methods that take a source description
-WINDOW_OVERLAP = 0.25  # of the model's window, for sources longer than it
-MAX_SOURCE_SECONDS = 600.0
 
 
 @dataclass(frozen=True)

@@ -27,12 +27,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from probing.errors import MelodiaError
+from probing.protocols import FAMILIES, FEATURE_FAMILIES
 from probing.store import ArraySpec, CaptureStore
 
 TEXT_EMBEDDING = "text/embedding"  # store array: the prompt's pooled text-encoder output (capture writes it)
 TOKEN_SPANS = "text/spans"  # store array: per prompt, each slot word's [start, stop) on the cross key axis
 MAP_KINDS = ("self", "cross")
-FAMILIES = {"self": ("flat",), "cross": ("flat", "word", "keys")}
 
 
 @dataclass(frozen=True)
@@ -115,13 +115,13 @@ def layer_features(store: CaptureStore, steps: tuple[int, ...] | None = None, pr
     if not done.all():
         raise MelodiaError(f"{store.url}: {int((~done).sum())} of {len(done)} prompts are not captured yet; "
                            "finish the capture (re-run the same command) before probing")
-    unknown = sorted(set(families or ()) - {f for fs in FAMILIES.values() for f in fs})
+    unknown = sorted(set(families or ()) - set(FEATURE_FAMILIES))
     if unknown:
-        raise MelodiaError(f"unknown feature family {unknown[0]!r} (known: flat, word, keys)")
+        raise MelodiaError(f"unknown feature family {unknown[0]!r} (known: {', '.join(FEATURE_FAMILIES)})")
     no_words = word_features_unavailable(store)
     if families is not None and "word" in families and no_words:
         raise MelodiaError(no_words)
-    wanted = set(families or ("flat", "word", "keys")) - ({"word"} if no_words else set())
+    wanted = set(families or FEATURE_FAMILIES) - ({"word"} if no_words else set())
     groups: dict[tuple[int, str], list[ArraySpec]] = {}
     for spec in map_specs(store):
         groups.setdefault((spec.attrs["layer"], spec.attrs["kind"]), []).append(spec)

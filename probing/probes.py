@@ -36,9 +36,9 @@ from safetensors.torch import load_file, save_file
 from sklearn.model_selection import GroupKFold, KFold
 
 from probing.errors import MelodiaError
+from probing.protocols import SPLITS
 
 PROBE_FORMAT = "melodia.probe"
-SPLITS = ("template", "random")
 
 
 @dataclass(frozen=True)

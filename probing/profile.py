@@ -28,7 +28,8 @@ import numpy as np
 from probing.errors import MelodiaError
 from probing.features import layer_features, text_features, word_features_unavailable
 from probing.paths import write_json
-from probing.probes import SPLITS, ProbeScore, ProbeSettings, probe_features
+from probing.probes import ProbeScore, ProbeSettings, probe_features
+from probing.protocols import SPLITS
 from probing.store import CaptureStore
 
 PROFILE_FORMAT = "melodia.layer_profile"

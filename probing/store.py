@@ -1,6 +1,6 @@
 """The capture store: one Zarr v3 group per run, one sharded array per captured map.
 
-Layout (DESIGN section 5): arrays shaped ``(prompt, *spec.shape)``, one prompt per shard,
+Layout (docs/store.md): arrays shaped ``(prompt, *spec.shape)``, one prompt per shard,
 fp16, blosc-zstd with shuffle, ``dimension_names`` set; beside them ``prompts``,
 ``labels/<attribute>``, ``template_id`` (-1 = unknown) and the per-prompt ``done`` mask.
 Rank ``r`` of ``w`` writes ``prompts[r::w]``, whole shards only, and sets ``done[i]`` after the
@@ -29,20 +29,16 @@ import zarr
 from zarr.codecs import BloscCodec, BloscShuffle
 from zarr.core.sync import sync
 
+from probing.errors import NotACaptureStoreError, StoreMismatchError
+
+__all__ = ["ArraySpec", "CaptureStore", "NotACaptureStoreError", "StoreMismatchError", "open_capture"]
+
 FORMAT, FORMAT_VERSION, PROMPT_DIM = "melodia-capture", 1, "prompt"
 _RESERVED = {"prompts", "template_id", "done", "labels"}
 
 
 async def _gather(coroutines: list) -> None:
     await asyncio.gather(*coroutines)
-
-
-class StoreMismatchError(ValueError):
-    """The path holds a capture store of another run (model, config, prompts or arrays)."""
-
-
-class NotACaptureStoreError(ValueError):
-    """The path holds something that is not a (fully created) melodia capture store."""
 
 
 def _jsonable(value):

@@ -11,7 +11,8 @@ from diffusers import DDIMScheduler
 
 from editing.baselines import ddpm_noise_maps, ddpm_sample, sdedit_noise
 from editing.cli import main
-from editing.editor import METHODS, Melodia
+from editing.editor import Melodia
+from editing.methods import METHODS
 from editing.inversion import ddim_sample, partial_schedule
 from probing.errors import MelodiaError
 from probing.synth import render_clip

@@ -57,6 +57,25 @@ def test_bad_layer_spec(capsys, tmp_path, prompts_file, untrained_testbed_dir):
     assert not (tmp_path / "s.zarr").exists()
 
 
+@pytest.mark.parametrize("model, needles", [
+    ("testbd", ("unknown model 'testbd'", "did you mean testbed?")),
+    ("./no/such/folder", ("model folder ./no/such/folder does not exist",)),
+    ("tiny-audioldm", ("did you mean tiny-audioldm2?",))])
+def test_a_bad_model_name_is_answered_before_anything_loads(capsys, tmp_path, prompts_file, model, needles):
+    code, _, err = run(capsys, "capture", "--model", model, "--prompts", str(prompts_file),
+                       "--store", str(tmp_path / "s.zarr"))
+    assert_one_line_error(code, err, *needles)
+    assert "huggingface" not in err and not (tmp_path / "s.zarr").exists()
+
+
+def test_probe_refuses_unknown_split_and_features_before_reading_the_store(capsys, tmp_path):
+    for option, value in (("--split", "prompt"), ("--features", "tokens")):
+        code, _, err = run(capsys, "probe", str(tmp_path / "nothing.zarr"), "-o", str(tmp_path / "p.json"),
+                           option, value)
+        assert_one_line_error(code, err, f"{option} '{value}'", "known:")
+    assert not (tmp_path / "p.json").exists()
+
+
 def test_unknown_model(capsys, tmp_path, prompts_file):
     code, _, err = run(capsys, "capture", "--model", "nobody/no-such-model", "--prompts", str(prompts_file),
                        "--store", str(tmp_path / "s.zarr"))
@@ -118,7 +137,7 @@ def test_edit_writes_audio_sidecar_and_plot(capsys, tmp_path, untrained_testbed_
 
 
 @pytest.mark.parametrize("make_source, needle", [
-    (lambda p: p.write_text("not audio"), "not a readable audio file"),
+    (lambda p: p.write_text("not audio"), "not a readable wav file"),
     (lambda p: sf.write(p, [0.0] * 16000, 16000), "silent"),
     (lambda p: sf.write(p, np.full(16000 * 601, 0.1, np.float32), 16000), "longer than 600")])
 def test_edit_refuses_bad_audio_and_writes_nothing(capsys, tmp_path, untrained_testbed_dir, make_source, needle):

@@ -86,12 +86,14 @@ def parse_step_indices(text: str) -> tuple[int, ...] | None:
 
 
 def run(args) -> None:
-    from probing.capture import CaptureSettings, capture
-    from probing.models import load_model
     from probing.prompts import load_prompts
 
-    prompts = load_prompts(args.prompts)
-    settings = CaptureSettings(layers=args.layers, steps=args.steps, step_indices=parse_step_indices(args.timesteps),
+    prompts = load_prompts(args.prompts)  # the inputs first: one line, before torch loads
+    step_indices = parse_step_indices(args.timesteps)
+    from probing.capture import CaptureSettings, capture
+    from probing.models import load_model
+
+    settings = CaptureSettings(layers=args.layers, steps=args.steps, step_indices=step_indices,
                                guidance=args.guidance, seed=args.seed, reduction=parse_reduction(args.reduce),
                                random_denoiser=args.random_denoiser, seed_per_prompt=not args.shared_noise)
     model = load_model(args.model, device=args.device)

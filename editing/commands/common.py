@@ -44,8 +44,33 @@ def load_profile(args):
     """The --profile of `args`, checked for layer selection before any model loads (None without one)."""
     if not args.profile:
         return None
+    from pathlib import Path
+
+    from probing.errors import MelodiaError
+
+    if not Path(args.profile).is_file():
+        raise MelodiaError(f"layer profile {args.profile} does not exist (make one with `melodia probe STORE -o "
+                           f"{args.profile}`)")
     from probing.profile import LayerProfile
 
     profile = LayerProfile.load(args.profile)
     profile.select_edit_layers(require_baseline=not args.no_baseline)  # one clear line now, not after loading
     return profile
+
+
+def check_output(path: str, suffix: str) -> None:
+    """One clear error, before any work, when an output cannot be written: a wrong suffix, a folder in the
+    way, or no writable folder to create it in (missing folders are created when the output is written)."""
+    import os
+    from pathlib import Path
+
+    from probing.errors import MelodiaError
+
+    output = Path(path)
+    if output.suffix.lower() != suffix:
+        raise MelodiaError(f"output {path}: expected a {suffix} file")
+    if output.is_dir():
+        raise MelodiaError(f"output {path} is a folder; give a {suffix} file name")
+    existing = next(p for p in output.absolute().parents if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK):
+        raise MelodiaError(f"output {path}: cannot write under {existing}")

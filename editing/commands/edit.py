@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from editing.commands.common import add_model_argument, add_profile_arguments, formatter, load_profile, print_json
-from editing.editor import MAX_SOURCE_SECONDS, METHODS, Melodia
+from editing.commands.common import (add_model_argument, add_profile_arguments, check_output, formatter, load_profile,
+                                     print_json)
+from editing.methods import MAX_SOURCE_SECONDS, METHODS
 
 HELP = """Edit a clip towards a text prompt (Melodia: source self-attention Q/K injected while denoising).
 
@@ -62,14 +63,22 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
-    from editing.audio import load_audio, write_wav
+    # every input is checked before the model loads (a minute on a busy CPU): profile, audio, outputs
+    profile = load_profile(args)
+    from editing.audio import read_audio, resample
+
+    wave, rate = read_audio(args.source, max_seconds=MAX_SOURCE_SECONDS)
+    check_output(args.output, ".wav")
+    if args.plot:
+        check_output(args.plot, ".png")
+    from editing.audio import write_wav
+    from editing.editor import Melodia
     from editing.plots import plot_spectrograms
     from probing.models import load_model
     from probing.paths import write_json
 
-    profile = load_profile(args)  # a bad file fails before the model loads
     model = load_model(args.model, device=args.device)
-    source = load_audio(args.source, model.sample_rate, max_seconds=MAX_SOURCE_SECONDS)
+    source = resample(wave, rate, model.sample_rate, str(args.source), max_seconds=MAX_SOURCE_SECONDS)
     editor = Melodia(model, profile=profile, require_baseline=not args.no_baseline)
     result = editor.edit(source, args.prompt, method=args.method, layers=args.layers, t_start=args.t_start,
                          steps=args.steps, guidance=args.guidance, seed=args.seed, windows=args.windows,

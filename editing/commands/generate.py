@@ -1,8 +1,7 @@
 """`melodia generate`: plain text-to-music through any supported model."""
 from __future__ import annotations
 
-from editing.audio import write_wav
-from editing.commands.common import add_model_argument, formatter
+from editing.commands.common import add_model_argument, check_output, formatter
 
 HELP = """Generate a clip from a text prompt with the model's own pipeline.
 
@@ -24,6 +23,8 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
+    check_output(args.output, ".wav")
+    from editing.audio import write_wav
     from probing.models import load_model
 
     model = load_model(args.model, device=args.device)

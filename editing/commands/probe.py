@@ -1,7 +1,7 @@
 """`melodia probe`: train probes on a capture store and write the layer profile (JSON + plot)."""
 from __future__ import annotations
 
-from editing.commands.common import formatter, print_json
+from editing.commands.common import check_output, formatter, print_json
 
 HELP = """Which layers encode instrument, style and mood? Train one probe per layer x kind x attribute.
 
@@ -106,18 +106,23 @@ def format_profile(profile, selection) -> str:
 
 
 def run(args) -> None:
+    from editing.commands.capture import parse_step_indices
+    from probing.protocols import FEATURE_FAMILIES, SPLITS
+
+    splits = _choices(args.split, SPLITS, "--split")  # the options first: one line, before anything loads
+    families = None if args.features == "all" else _choices(args.features, FEATURE_FAMILIES, "--features")
+    steps = parse_step_indices(args.steps)
+    check_output(args.output, ".json")
+    if args.plot:
+        check_output(args.plot, ".png")
     from tqdm import tqdm
 
-    from editing.commands.capture import parse_step_indices
     from probing.errors import MelodiaError
     from probing.features import word_features_unavailable
     from probing.plots import plot_profile
-    from probing.probes import SPLITS
     from probing.profile import build_profile, labelled
     from probing.store import open_capture
 
-    splits = _choices(args.split, SPLITS, "--split")
-    families = None if args.features == "all" else _choices(args.features, ("flat", "word", "keys"), "--features")
     store = open_capture(args.store)
     random_store = open_capture(args.random_baseline) if args.random_baseline else None
     settings = _settings(args)
@@ -127,8 +132,7 @@ def run(args) -> None:
         raise MelodiaError(word_features_unavailable(store))
     n_folds = settings.folds * (1 + len(splits)) * (1 + (random_store is not None))
     with tqdm(total=n_folds, desc=f"probing (folds: control + {', '.join(splits)})") as bar:
-        profile = build_profile(store, settings, random_store, attributes, parse_step_indices(args.steps), bar.update,
-                                splits, families)
+        profile = build_profile(store, settings, random_store, attributes, steps, bar.update, splits, families)
     selection = (profile.select_edit_layers(require_baseline=not args.no_baseline)
                  if profile.has_baseline or args.no_baseline else None)
     profile.save(args.output)

@@ -1,8 +1,7 @@
 """`melodia synth`: render a synthetic clip (the testbed's data and every edit's ground truth)."""
 from __future__ import annotations
 
-from editing.audio import write_wav
-from editing.commands.common import formatter, print_json
+from editing.commands.common import check_output, formatter, print_json
 
 HELP = """Render one synthetic clip: a melody (from --score-seed) played with an instrument, style and mood.
 
@@ -40,6 +39,9 @@ def run(args) -> None:
         return
     if not args.output:
         raise MelodiaError("give an output file with -o OUT.wav (or --list to see the classes)")
+    check_output(args.output, ".wav")
+    from editing.audio import write_wav
+
     try:
         score = make_score(args.seed if args.score_seed is None else args.score_seed, args.style, args.mood)
         wave = render(score, args.instrument, seed=args.seed)

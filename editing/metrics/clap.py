@@ -10,7 +10,6 @@ Examples:
 """
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Sequence
@@ -20,13 +19,9 @@ import torch
 
 from editing.metrics._common import MissingWeightsError, at_rate
 from probing.errors import MelodiaError
+from probing.hub import hub_offline
 
 DEFAULT_CLAP = "laion/larger_clap_music"
-
-
-def _hub_offline() -> bool:
-    """True when HF_HUB_OFFLINE asks for the local cache only."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
 class ClapEmbedder:
@@ -88,18 +83,20 @@ def _unit(x: np.ndarray) -> np.ndarray:
 def load_clap(checkpoint: str | Path = DEFAULT_CLAP, device: str = "cpu") -> ClapEmbedder:
     """Open a CLAP checkpoint: a Hugging Face id in the local cache, or a save_pretrained folder.
 
-    Cached per (checkpoint, device). With HF_HUB_OFFLINE set, only local files are tried.
+    Cached per (checkpoint, device). With HF_HUB_OFFLINE set or the hub unreachable, only local files are
+    tried (no network retries).
 
     Raises:
         MissingWeightsError: the checkpoint is not here; the message says how to pass a local folder.
     """
+    local_only = Path(checkpoint).is_dir() or hub_offline()  # before transformers reads HF_HUB_OFFLINE
     from transformers import ClapModel, ClapProcessor
     from transformers.utils import logging
 
     logging.disable_progress_bar()
     try:
-        model = ClapModel.from_pretrained(str(checkpoint), local_files_only=_hub_offline())
-        processor = ClapProcessor.from_pretrained(str(checkpoint), local_files_only=_hub_offline())
+        model = ClapModel.from_pretrained(str(checkpoint), local_files_only=local_only)
+        processor = ClapProcessor.from_pretrained(str(checkpoint), local_files_only=local_only)
     except (OSError, ValueError) as error:
         if Path(checkpoint).is_dir():
             raise MelodiaError(f"{checkpoint} is not a CLAP checkpoint folder ({type(error).__name__}): expected "

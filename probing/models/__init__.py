@@ -7,40 +7,49 @@ Examples:
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import json
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from probing.errors import MelodiaError
-from probing.models.audioldm2 import AudioLDM2Model
-from probing.models.base import Conditioning, DiffusionModel
-from probing.models.stable_audio import StableAudioModel
-from probing.models.testbed import TestbedModel
-from probing.models.unet import UNetModel
+from probing.hub import hub_offline
 
-FAMILIES: dict[str, type[DiffusionModel]] = {"testbed": TestbedModel, "audioldm2": AudioLDM2Model,
-                                             "stable-audio": StableAudioModel, "unet": UNetModel}
-# The flow-matching families, imported on first use: pipeline class -> "module:adapter class".
-FLOW_FAMILIES = {"AceStepPipeline": "probing.models.ace_step:AceStepModel",
-                 "StableAudio3Pipeline": "probing.models.stable_audio_3:StableAudio3Model",
-                 "LongCatAudioDiTPipeline": "probing.models.longcat:LongCatModel",
-                 "TestbedDiTPipeline": "probing.models.testbed_dit:TestbedDiTModel"}
+if TYPE_CHECKING:
+    import torch
+
+    from probing.models.base import DiffusionModel
+
+# Pipeline class -> "module:adapter class", imported on first use (so `melodia --help` loads no torch).
+ADAPTERS = {"TestbedPipeline": "probing.models.testbed:TestbedModel",
+            "AudioLDM2Pipeline": "probing.models.audioldm2:AudioLDM2Model",
+            "StableAudioPipeline": "probing.models.stable_audio:StableAudioModel",
+            "StableDiffusionPipeline": "probing.models.unet:UNetModel",
+            "AceStepPipeline": "probing.models.ace_step:AceStepModel",
+            "StableAudio3Pipeline": "probing.models.stable_audio_3:StableAudio3Model",
+            "LongCatAudioDiTPipeline": "probing.models.longcat:LongCatModel",
+            "TestbedDiTPipeline": "probing.models.testbed_dit:TestbedDiTModel"}
 DEFAULT_MODEL = "testbed"
+SHIPPED_NAMES = ("testbed", "testbed-dit")
 TINY_NAMES = ("tiny-audioldm2", "tiny-stable-audio", "tiny-unet", "tiny-ace-step", "tiny-stable-audio-3",
               "tiny-longcat")
 
 
+def __getattr__(name: str):
+    """`Conditioning` and `DiffusionModel` on first use (they import torch and diffusers)."""
+    if name in ("Conditioning", "DiffusionModel"):
+        from probing.models import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def _adapter_for(class_name: str, name: str) -> type[DiffusionModel]:
-    for adapter in FAMILIES.values():
-        if class_name in adapter.pipeline_classes:
-            return adapter
-    if class_name in FLOW_FAMILIES:
-        module, adapter = FLOW_FAMILIES[class_name].split(":")
+    if class_name in ADAPTERS:
+        module, adapter = ADAPTERS[class_name].split(":")
         return getattr(importlib.import_module(module), adapter)
-    supported = sorted([c for a in FAMILIES.values() for c in a.pipeline_classes] + list(FLOW_FAMILIES))
-    raise MelodiaError(f"{name}: pipeline class {class_name} is not supported (supported: {', '.join(supported)})")
+    raise MelodiaError(f"{name}: pipeline class {class_name} is not supported (supported: {', '.join(sorted(ADAPTERS))})")
 
 
 def _quiet_loading() -> None:
@@ -53,6 +62,7 @@ def _quiet_loading() -> None:
 
 
 def _load_pipeline(source: str | Path, name: str, dtype: torch.dtype):
+    """The pipeline in folder or hub id `source`; never retries an unreachable hub."""
     from diffusers import DiffusionPipeline
 
     from probing.testbed.dit import TestbedDiTPipeline
@@ -68,13 +78,10 @@ def _load_pipeline(source: str | Path, name: str, dtype: torch.dtype):
         pipeline_class = own.get(class_name, DiffusionPipeline)
         return pipeline_class.from_pretrained(folder, dtype=dtype, use_safetensors=True)
     try:
-        return DiffusionPipeline.from_pretrained(str(source), dtype=dtype, use_safetensors=True)
+        return DiffusionPipeline.from_pretrained(str(source), dtype=dtype, use_safetensors=True,
+                                                 local_files_only=hub_offline())
     except (OSError, ValueError) as error:
-        raise MelodiaError(
-            f"cannot load model '{name}' ({type(error).__name__}): it is not in the local Hugging Face cache and "
-            "the hub is unreachable. Download it where you have a network (huggingface-cli download "
-            f"{name} --local-dir DIR) and pass --model DIR, or use an offline model: testbed, testbed-dit, "
-            + ", ".join(TINY_NAMES)) from None
+        raise MelodiaError(f"{_not_here(name)} ({type(error).__name__})") from None
 
 
 def _source_for(name: str) -> Path | str:
@@ -92,17 +99,59 @@ def _source_for(name: str) -> Path | str:
         from probing.models.tiny import tiny_pipeline_dir
 
         return tiny_pipeline_dir(name)
+    return check_model_name(name)
+
+
+def check_model_name(name: str) -> str:
+    """`name` if it can be a model (built-in, a pipeline folder, or a hub id "owner/repo" that the hub or the
+    local cache has); else one clear error: a missing local folder says so, an unknown bare name lists the
+    built-in ones with the closest match, a hub id not cached while the hub is unreachable says how to get it.
+
+    >>> check_model_name("testbd")
+    Traceback (most recent call last):
+    MelodiaError: unknown model 'testbd' (did you mean testbed?); built-in: testbed, testbed-dit, tiny-audioldm2, ...
+    """
+    path = Path(name)
+    if name in (*SHIPPED_NAMES, *TINY_NAMES) or path.is_dir():
+        return name
+    looks_local = name.startswith((".", "/", "~")) or path.suffix or name.count("/") > 1 or "\\" in name
+    if looks_local:
+        raise MelodiaError(f"model folder {name} does not exist (give a diffusers pipeline folder, a hub id such as "
+                           "cvssp/audioldm2-music, or a built-in name)")
+    if "/" not in name:
+        builtin = (*SHIPPED_NAMES, *TINY_NAMES)
+        close = difflib.get_close_matches(name, builtin, n=1)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise MelodiaError(f"unknown model {name!r}{hint}; built-in: {', '.join(builtin)}; or a pipeline folder, or "
+                           "a hub id such as cvssp/audioldm2-music")
+    if hub_offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        if not isinstance(try_to_load_from_cache(name, "model_index.json"), str):
+            raise MelodiaError(_not_here(name))
     return name
 
 
+def _not_here(name: str) -> str:
+    return (f"cannot load model '{name}': it is not in the local Hugging Face cache and the hub is unreachable. "
+            f"Download it where you have a network (huggingface-cli download {name} --local-dir DIR) and pass "
+            f"--model DIR, or use an offline model: {', '.join((*SHIPPED_NAMES, *TINY_NAMES))}")
+
+
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu",
-               dtype: torch.dtype = torch.float32) -> DiffusionModel:
-    """Open a model by name (testbed, tiny-*), local pipeline folder or Hugging Face id."""
+               dtype: torch.dtype | None = None) -> DiffusionModel:
+    """Open a model by name (testbed, tiny-*), local pipeline folder or Hugging Face id (float32 by default)."""
+    import torch
+
+    source = _source_for(str(name_or_path))  # a bad name fails here, before torch loads anything
+    if not Path(source).is_dir():
+        hub_offline()  # asked before diffusers is imported: no retries against an unreachable hub
     _quiet_loading()
-    pipeline = _load_pipeline(_source_for(str(name_or_path)), str(name_or_path), dtype)
+    pipeline = _load_pipeline(source, str(name_or_path), dtype or torch.float32)
     pipeline.set_progress_bar_config(disable=True)
     adapter = _adapter_for(type(pipeline).__name__, str(name_or_path))
     return adapter(pipeline.to(device), str(name_or_path))
 
 
-__all__ = ["Conditioning", "DiffusionModel", "FAMILIES", "load_model", "TINY_NAMES", "DEFAULT_MODEL"]
+__all__ = ["Conditioning", "DiffusionModel", "ADAPTERS", "load_model", "check_model_name", "TINY_NAMES",
+           "SHIPPED_NAMES", "DEFAULT_MODEL"]
