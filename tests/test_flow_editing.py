@@ -57,16 +57,25 @@ def test_inversion_then_sampling_returns_the_latent(untrained_testbed_dit, sourc
     assert moved > 0.3 and error < 0.02 * moved, (float(moved), float(error))
 
 
-def test_empty_target_with_every_layer_injected_reconstructs_the_source(untrained_testbed_dit, source):
-    model = untrained_testbed_dit
+def test_injection_keeps_the_source_closer_than_no_injection_on_the_trained_dit(source):
+    """A positive control: with every self-attention layer fed the source's Q/K, a full-inversion edit to
+    another prompt stays measurably closer to the source latent than the same edit without injection.
+    (On random weights self-attention barely moves the output: injected or not, the edit is the same,
+    which is why the shipped DiT is used. The margin was 0.53 vs 0.64 when written.)"""
+    from probing.models import load_model
+
+    model = load_model("testbed-dit")
     z0, empty = model.encode_audio(source), model.encode_prompt([""], 1.0)
+    target = model.encode_prompt([PROMPT], 1.0)
     modules = Melodia(model).injected_modules("self:*")
     with AttentionRepository() as repository:
         with record_source_qk(model, modules, repository):
-            zt = flow_invert(model, z0, empty, steps=20, t_start=0.6)
+            zt = flow_invert(model, z0, empty, steps=20, t_start=1.0)
         with inject_source_qk(model, modules, repository):
-            again = flow_sample(model, zt, empty, steps=20, t_start=0.6)
-    assert (again - z0).norm() / z0.norm() < 0.05
+            injected = flow_sample(model, zt, target, steps=20, t_start=1.0)
+    plain = flow_sample(model, zt, target, steps=20, t_start=1.0)
+    distance = {name: float((z - z0).norm() / z0.norm()) for name, z in (("injected", injected), ("plain", plain))}
+    assert distance["injected"] < 0.9 * distance["plain"], distance
 
 
 def test_flowedit_with_the_sources_own_conditioning_returns_the_source(untrained_testbed_dit, source):
