@@ -145,7 +145,7 @@ def _timesteps(model, settings: CaptureSettings) -> list[float]:
 def _with_context_tokens(table: LayerTable, tokens: int) -> LayerTable:
     """The table with every cross-attention module's key count raised to `tokens` (the prompts' longest context)."""
     modules = [replace(m, key_tokens=max(m.key_tokens, tokens)) if m.kind == "cross" else m for m in table.modules]
-    return LayerTable(table.model, tuple(modules))
+    return LayerTable(table.model, tuple(modules), table.clip_seconds)
 
 
 def distributed_rank() -> tuple[int, int]:

@@ -47,6 +47,7 @@ class LayerTable:
 
     model: str
     modules: tuple[ModuleInfo, ...]
+    clip_seconds: float | None = None  # audio the measured forward covers: gives each query cell's duration
 
     @property
     def n_layers(self) -> int:
@@ -62,20 +63,25 @@ class LayerTable:
 
     def to_json(self) -> dict:
         return {"model": self.model, "n_layers": self.n_layers, "counts": self.counts(),
-                "modules": [asdict(m) for m in self.modules]}
+                "clip_seconds": self.clip_seconds, "modules": [asdict(m) for m in self.modules]}
 
     @classmethod
     def from_json(cls, data: dict) -> "LayerTable":
         modules = tuple(ModuleInfo(**{**m, "grid": tuple(m["grid"])}) for m in data["modules"])
-        return cls(data["model"], modules)
+        return cls(data["model"], modules, data.get("clip_seconds"))
+
+    def cell_ms(self, module: ModuleInfo) -> float | None:
+        """Milliseconds of audio one query cell of `module` spans in time (None: clip length unknown)."""
+        return None if self.clip_seconds is None else 1000.0 * self.clip_seconds / module.grid[0]
 
     def format(self) -> str:
-        """A plain-text table: layer, kind, alias, heads, tokens, grid, module path."""
-        rows = [f"{'layer':>5}  {'kind':5}  {'alias':22} {'heads':>5} {'query':>6} {'key':>5}  {'grid':9} path"]
+        """A plain-text table: layer, kind, alias, heads, tokens, grid (time x freq), ms per cell, module path."""
+        rows = [f"{'layer':>5}  {'kind':5}  {'alias':22} {'heads':>5} {'query':>6} {'key':>5}  {'grid':9} "
+                f"{'ms/cell':>7}  path"]
         for m in self.modules:
-            grid = f"{m.grid[0]}x{m.grid[1]}"
+            grid, ms = f"{m.grid[0]}x{m.grid[1]}", self.cell_ms(m)
             rows.append(f"{m.layer:>5}  {m.kind:5}  {m.alias:22} {m.heads:>5} {m.query_tokens:>6} "
-                        f"{m.key_tokens:>5}  {grid:9} {m.path}")
+                        f"{m.key_tokens:>5}  {grid:9} {'-' if ms is None else f'{ms:.0f}':>7}  {m.path}")
         counts = self.counts()
         rows.append(f"{len({m.layer for m in self.modules})} layers, {len(self.modules)} attention modules "
                     f"({counts['self']} self, {counts['cross']} cross)")
@@ -110,7 +116,9 @@ def measure_layer_table(model) -> LayerTable:
         alias = f"{_short(position)}.t{members.index(owner)}.{call.path.rsplit('.', 1)[1]}"
         modules.append(ModuleInfo(call.path, alias, call.kind, layer, position, call.module.heads, query_tokens,
                                   key_tokens, model.token_grid(query_tokens, call.latent_hw)))
-    return LayerTable(model.name, tuple(modules))
+    clip_samples = getattr(model, "clip_samples", None)
+    seconds = clip_samples / model.sample_rate if clip_samples else getattr(model, "clip_seconds", None)
+    return LayerTable(model.name, tuple(modules), seconds)
 
 
 _SPEC_HELP = "e.g. 8-14, self:8-14, cross:*, up, down,mid, self:8-14+cross:1, all, none, auto"

@@ -46,7 +46,7 @@ def run(args) -> None:
     selection = profile.select_edit_layers(require_baseline=not args.no_baseline) if profile else None
     spec = args.select or (selection.spec if selection else None)
     if spec:
-        table = LayerTable(table.model, tuple(table.select(spec)))
+        table = LayerTable(table.model, tuple(table.select(spec)), table.clip_seconds)
     if args.json:
         print_json({**table.to_json(), **({"selection": {"spec": selection.spec, "reasons": list(selection.reasons)}}
                                           if selection else {})})
