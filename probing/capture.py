@@ -205,7 +205,11 @@ def _capture(model, prompts: PromptSet, url: str, settings: CaptureSettings, ove
     # Writing prompt i overlaps generating prompt i+1 (one write in flight: memory stays bounded).
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending_write = None
-        for index in tqdm(store.pending(rank, world), desc=f"capture (rank {rank}/{world})", disable=not progress):
+        todo = store.pending(rank, world)
+        mine = len(range(rank, len(store.prompts), world))
+        if progress and len(todo) < mine:
+            print(f"resuming {store.url}: {mine - len(todo)} of {mine} prompts already captured", flush=True)
+        for index in tqdm(todo, desc=f"capture (rank {rank}/{world})", disable=not progress):
             with AttentionRecorder(model, modules, settings.reduction, timesteps=timesteps) as recorder:
                 seed = settings.seed + index if settings.seed_per_prompt else settings.seed
                 model.generate(prompts.prompts[index], settings.steps, settings.guidance, seed, decode=False)

@@ -121,6 +121,28 @@ class LayerProfile:
             rescaled.append(np.clip((self.curve(attribute, kind, probe) - floor) / (1 - chance), 0, 1))
         return np.fmax.reduce(np.stack(rescaled), axis=0) if rescaled else np.full(self.n_layers, np.nan)
 
+    def best_layers(self, probe: str = "mlp") -> list[dict]:
+        """Per split, attribute, kind and feature family: the most decodable layer, with its CI, its
+        random-denoiser baseline (same layer; None without one), its control and the text-only score."""
+        rows = []
+        for split in self.splits:
+            for attribute, classes in self.attributes.items():
+                text = self.score(attribute, "text", probe, split=split)
+                for kind in ("self", "cross"):
+                    for family in self.families(kind):
+                        scored = [s for layer in range(1, self.n_layers + 1)
+                                  if (s := self.score(attribute, f"{kind}:{layer}", probe, False, family, split))]
+                        if not scored:
+                            continue
+                        best = max(scored, key=lambda s: s.accuracy)
+                        random = self.score(attribute, best.target, probe, True, family, split)
+                        rows.append({"split": split, "attribute": attribute, "kind": kind, "features": family,
+                                     "layer": best.target, "accuracy": best.accuracy, "ci": best.ci,
+                                     "random_denoiser": None if random is None else random.accuracy,
+                                     "control": best.control, "control_chance": best.control_chance,
+                                     "chance": 1 / len(classes), "text": None if text is None else text.accuracy})
+        return rows
+
     # ---- the editor's layer choice ---------------------------------------------------------
     def select_edit_layers(self, width: int | None = None, require_baseline: bool = True) -> LayerSelection:
         """The contiguous band of self-attention layers where the attributes are least decodable.

@@ -75,8 +75,9 @@ def run(args) -> None:
         print_json(metrics)
         return
     print(f"{args.source} -> {args.target} ({args.style}, {args.mood}, melody seed {args.seed}): '{prompt}'")
-    print(f"{'clip':9s} {'classifier says':>16s} {'chroma vs source':>17s} {'log-mel to ideal':>17s}")
+    print(f"{'clip':9s} {'classifier says':>16s} {'chroma vs source ↑':>19s} {'log-mel to ideal ↓':>19s}")
     for name, row in metrics["clips"].items():
-        print(f"{name:9s} {row['classifier_instrument']:>16s} {row['chroma_similarity_to_source']:>17.3f} "
-              f"{row['log_mel_distance_to_ideal']:>17.3f}")
+        print(f"{name:9s} {row['classifier_instrument']:>16s} {row['chroma_similarity_to_source']:>19.3f} "
+              f"{row['log_mel_distance_to_ideal']:>19.3f}")
+    print("↑ higher is better (1 = the source's pitch classes at the same times); ↓ lower is better (0 = the ideal)")
     print(f"wrote {out}/: {', '.join(f'{n}.wav' for n in clips)}, comparison.png, metrics.json")

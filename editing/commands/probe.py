@@ -99,6 +99,15 @@ def format_profile(profile, selection) -> str:
                 lines.append(f"{'text':>5}  text embedding alone: {text.accuracy:.0%} "
                              f"[{text.ci[0]:.0%}-{text.ci[1]:.0%}]")
             lines.append("")
+    lines.append("best layer per split, attribute, kind and feature family (r = random denoiser at that layer, "
+                 "c = control):")
+    for row in profile.best_layers():
+        random = "" if row["random_denoiser"] is None else f" r{row['random_denoiser']:.0%}"
+        text = "" if row["text"] is None else f", text {row['text']:.0%}"
+        lines.append(f"  {row['split']:8} {row['attribute']:10} {row['kind'] + '/' + row['features']:10} "
+                     f"{row['layer']:>8} {row['accuracy']:4.0%} [{row['ci'][0]:.0%}-{row['ci'][1]:.0%}]{random} "
+                     f"c{row['control']:.0%} (chance {row['chance']:.0%}{text})")
+    lines.append("")
     lines.append(selection.explain() if selection else
                  "no injection band selected: the profile has no random-denoiser baseline (give --random-baseline, "
                  "or --no-baseline to select without it)")
