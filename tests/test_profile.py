@@ -170,3 +170,12 @@ def test_decodability_counts_only_what_the_random_denoiser_does_not_show():
     flat = synthetic_profile([0.9] * 4)
     flat.random_denoiser = [replace(s, accuracy=0.95) for s in flat.scores if s.target.startswith("self")]
     assert "does not tell the layers apart" in flat.select_edit_layers(width=2).explain()
+
+
+def test_best_layers_name_the_most_decodable_layer_with_its_baselines():
+    profile = synthetic_profile([0.3, 0.7, 0.5, 0.4], cross_accuracy=0.6)
+    rows = {(r["kind"], r["features"]): r for r in profile.best_layers()}
+    assert rows["self", "flat"]["layer"] == "self:2" and rows["self", "flat"]["accuracy"] == 0.7
+    assert rows["self", "flat"]["random_denoiser"] == 0.25 and rows["self", "flat"]["text"] == 0.95
+    no_baseline = synthetic_profile([0.3, 0.7], baseline=False).best_layers()
+    assert all(r["random_denoiser"] is None for r in no_baseline)
