@@ -72,11 +72,11 @@ def test_dataset_labels_and_normalisation(data, tmp_path):
 
 def test_training_resumes_exactly_and_exports_a_loadable_pipeline(data, tmp_path):
     words = caption_vocabulary(draws=1)
-    first = Trainer(tmp_path, data, words, lr=1e-3, batch=2, seed=0)
+    first = Trainer(tmp_path, data, words, lr=1e-3, batch=2, seed=0, decay_steps=10)  # the cosine schedule too
     losses = [first.train_step() for _ in range(2)]
     first.checkpoint()
     expected = first.train_step()
-    resumed = Trainer(tmp_path, data, words, lr=1e-3, batch=2, seed=0)
+    resumed = Trainer(tmp_path, data, words, lr=1e-3, batch=2, seed=0, decay_steps=10)
     assert resumed.resume() and resumed.step == 2
     assert resumed.train_step() == pytest.approx(expected, rel=1e-5)  # same batch, noise and weights
     assert all(np.isfinite(losses))

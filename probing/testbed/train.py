@@ -20,6 +20,7 @@ import argparse
 import copy
 import csv
 import json
+import math
 import shutil
 import time
 from pathlib import Path
@@ -105,7 +106,8 @@ class Trainer:
         if self.decay_steps is None:
             return self.lr * warmup
         progress = min(1.0, self.step / self.decay_steps)
-        return self.lr * warmup * (0.1 + 0.45 * (1 + np.cos(np.pi * progress)))
+        return self.lr * warmup * (0.1 + 0.45 * (1 + math.cos(math.pi * progress)))  # a float: the optimiser
+        # state is saved and must load with torch.load(weights_only=True), which refuses numpy scalars
 
     def train_step(self) -> float:
         index = self.rng.integers(0, len(self.data.mels), self.batch)
