@@ -1,8 +1,12 @@
-"""Benchmark summary: per condition the mean and 95 % CI over items, ASB/AMB across conditions; CSV, Markdown, PNG.
+"""Benchmark summary: per condition the mean and 95 % CI over items, paired differences against the
+no-injection reference, ASB/AMB across conditions; CSV, Markdown, PNG.
 
 Reads bench.json and every rows file of a benchmark folder (all ranks), so it runs once after a
 sharded run as well. The CI is Student's t on the items' values (NaN values dropped, none for
-n < 2). ASB and AMB are the paper's balance scores (`editing.metrics.balance`), computed from the
+n < 2). Every condition edits the same items, so conditions are also compared item by item: the
+mean paired difference to the reference condition ("none" in the layer ablation, the
+inversion/ddim baseline among methods) with a 95 % bootstrap interval over items (paired.csv and
+a table in summary.md); intervals that exclude 0 are what the unpaired ones cannot show. ASB and AMB are the paper's balance scores (`editing.metrics.balance`), computed from the
 conditions' means where every condition has both inputs; "AMB (classifier)" is the testbed's
 stand-in with the independent classifier's adherence in place of CLAP.
 
@@ -69,8 +73,11 @@ def summarize(out: str | Path, plot: bool = True) -> Summary:
     if not rows:
         raise MelodiaError(f"{out} holds no finished edits yet: run or resume `melodia bench` first")
     records, notes = summary_records(rows, expected=len(plan["items"]))
-    summary = Summary(records, notes, markdown(records, notes, plan))
+    paired = paired_differences(rows)
+    summary = Summary(records, notes, markdown(records, notes, plan) + paired_markdown(paired))
     _write_csv(records, out / "summary.csv")
+    if paired:
+        _write_csv(paired, out / "paired.csv")
     with atomic_output(out / "summary.md", ".md") as tmp:
         Path(tmp).write_text(summary.markdown)
     if plot:
@@ -95,6 +102,66 @@ def summary_records(rows: list[dict], expected: int | None = None) -> tuple[list
                       "rank)" for r in block if expected and r["n"] < expected]
         records += block
     return records, notes
+
+
+REFERENCES = ("none", "inversion", "ddim")  # the no-injection condition every other is compared with
+
+
+def paired_differences(rows: list[dict], reference: str | None = None, resamples: int = 2000,
+                       seed: int = 0) -> list[dict]:
+    """Per group (all, each category), condition and metric: mean of (condition - reference) over the
+    items both have, with a 95 % percentile bootstrap interval over items; [] without a reference.
+
+    >>> paired_differences(rows)[0]
+    {'group': 'all', 'condition': 'all', 'reference': 'none', 'metric': 'chroma', 'n': 64, 'mean': 0.013, ...}
+    """
+    conditions = list(dict.fromkeys(row["condition"] for row in rows))
+    reference = reference or next((c for c in REFERENCES if c in conditions), None)
+    if reference is None:
+        return []
+    value = {(row["item"], row["condition"], metric): float(row[metric]) for row in rows
+             for metric in TABLE_METRICS if row.get(metric)}
+    categories = list(dict.fromkeys(row["category"] for row in rows))
+    items = {group: list(dict.fromkeys(row["item"] for row in rows if group == "all" or row["category"] == group))
+             for group in ["all", *(categories if len(categories) > 1 else [])]}
+    rng = np.random.default_rng(seed)
+    out = []
+    for group, names in items.items():
+        for condition in conditions:
+            if condition == reference:
+                continue
+            for metric in TABLE_METRICS:
+                diffs = np.asarray([value[i, condition, metric] - value[i, reference, metric] for i in names
+                                    if (i, condition, metric) in value and (i, reference, metric) in value])
+                diffs = diffs[np.isfinite(diffs)]
+                if diffs.size < 2:
+                    continue
+                boot = rng.choice(diffs, size=(resamples, diffs.size)).mean(axis=1)
+                out.append({"group": group, "condition": condition, "reference": reference, "metric": metric,
+                            "n": int(diffs.size), "mean": float(diffs.mean()),
+                            "ci_low": float(np.quantile(boot, 0.025)), "ci_high": float(np.quantile(boot, 0.975))})
+    return out
+
+
+def paired_markdown(paired: list[dict]) -> str:
+    """The paired differences as Markdown tables, one per group; '' when there are none."""
+    if not paired:
+        return ""
+    lines = ["", f"# Paired differences: condition - {paired[0]['reference']}, same items", "",
+             "mean [95 % bootstrap CI over items]; * where the interval excludes 0.", ""]
+    metrics = list(dict.fromkeys(p["metric"] for p in paired))
+    for group in dict.fromkeys(p["group"] for p in paired):
+        block = [p for p in paired if p["group"] == group]
+        header = ["Condition", "n", *(_label(TABLE_METRICS[m]) for m in metrics)]
+        lines += [f"## {group}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for condition in dict.fromkeys(p["condition"] for p in block):
+            cells = {p["metric"]: p for p in block if p["condition"] == condition}
+            shown = [(f"{c['mean']:+.3f} [{c['ci_low']:+.3f}, {c['ci_high']:+.3f}]"
+                      + ("*" if c["ci_low"] > 0 or c["ci_high"] < 0 else "")) if (c := cells.get(m)) else "–"
+                     for m in metrics]
+            lines.append("| " + " | ".join([condition, str(max(c["n"] for c in cells.values())), *shown]) + " |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _record(group: str, rows: list[dict]) -> dict | None:

@@ -244,3 +244,19 @@ def test_bench_help_shows_examples(capsys):
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "melodia bench testbed --ablation layers" in help_text and "--summarize -o results/testbed" in help_text
+
+
+def test_paired_differences_compare_conditions_item_by_item():
+    from editing.bench_summary import paired_differences, paired_markdown
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.9, 30)  # items differ a lot; the conditions differ by a constant
+    rows = [{"item": f"i{k}", "category": "timbre", "condition": condition, "chroma": str(value)}
+            for k, b in enumerate(base) for condition, value in (("none", b), ("all", b + 0.02), ("same", b))]
+    rows.append({"item": "only-in-one", "category": "timbre", "condition": "all", "chroma": "0.0"})  # unpaired: skipped
+    result = {r["condition"]: r for r in paired_differences(rows) if r["metric"] == "chroma"}
+    assert result["all"]["n"] == 30 and result["all"]["reference"] == "none"
+    assert result["all"]["mean"] == pytest.approx(0.02) and result["all"]["ci_low"] > 0.019  # tight: paired
+    assert result["same"]["mean"] == 0 and "+0.000]*" not in paired_markdown([result["same"]])
+    assert "+0.020 [+0.020, +0.020]*" in paired_markdown([result["all"]])
+    assert paired_differences([r for r in rows if r["condition"] != "none"]) == []  # no reference: nothing
