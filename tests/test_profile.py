@@ -179,3 +179,17 @@ def test_best_layers_name_the_most_decodable_layer_with_its_baselines():
     assert rows["self", "flat"]["random_denoiser"] == 0.25 and rows["self", "flat"]["text"] == 0.95
     no_baseline = synthetic_profile([0.3, 0.7], baseline=False).best_layers()
     assert all(r["random_denoiser"] is None for r in no_baseline)
+
+
+def test_word_features_from_a_store_without_spans_are_refused_in_one_line(untrained_testbed, tmp_path, capsys):
+    from probing.prompts import PromptSet
+
+    prompts = load_prompts("testbed-small.yaml")
+    no_spans = PromptSet(prompts.prompts[:12], {k: v[:12] for k, v in prompts.labels.items()},
+                         prompts.template_ids[:12], "no-spans")  # labels and templates, but no slot spans
+    url = str(tmp_path / "plain.zarr")
+    capture(untrained_testbed, no_spans, url, CaptureSettings(layers="cross:1", steps=1), progress=False)
+    assert main(["probe", url, "-o", str(tmp_path / "p.json"), "--features", "word"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "no word token spans" in err and len(err.splitlines()) == 1 and not (tmp_path / "p.json").exists()
+    assert [f.family for f in layer_features(open_capture(url))] == ["flat", "keys"]  # the rest still works
