@@ -114,7 +114,8 @@ def check_model_name(name: str) -> str:
     path = Path(name)
     if name in (*SHIPPED_NAMES, *TINY_NAMES) or path.is_dir():
         return name
-    looks_local = name.startswith((".", "/", "~")) or path.suffix or name.count("/") > 1 or "\\" in name
+    # a hub id is "owner/name" (names may hold dots: stable-audio-open-1.0); anything else with a path shape is local
+    looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
     if looks_local:
         raise MelodiaError(f"model folder {name} does not exist (give a diffusers pipeline folder, a hub id such as "
                            "cvssp/audioldm2-music, or a built-in name)")
