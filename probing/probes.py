@@ -188,10 +188,10 @@ def _class_counts(y: np.ndarray, predicted: np.ndarray, n_classes: int) -> tuple
 def cluster_bootstrap_ci(y: np.ndarray, predicted: np.ndarray, groups: np.ndarray, n_classes: int,
                          n_resamples: int, rng: np.random.Generator, level: float = 0.95) -> tuple[float, float]:
     """Percentile interval of the balanced accuracy when whole groups (templates) are resampled."""
-    names = np.unique(groups)
-    per_group = [_class_counts(y[groups == g], predicted[groups == g], n_classes) for g in names]
-    correct = np.stack([c for c, _ in per_group])  # (G, C)
-    total = np.stack([t for _, t in per_group])
+    names, group_index = np.unique(groups, return_inverse=True)
+    cell = group_index * n_classes + y  # (group, class) of every prompt: counts in one pass, any number of groups
+    total = np.bincount(cell, minlength=len(names) * n_classes).reshape(len(names), n_classes).astype(float)
+    correct = np.bincount(cell[predicted == y], minlength=len(names) * n_classes).reshape(total.shape).astype(float)
     multiplicity = rng.multinomial(len(names), np.full(len(names), 1 / len(names)), size=n_resamples)  # (B, G)
     correct_b, total_b = multiplicity @ correct, multiplicity @ total
     with np.errstate(invalid="ignore", divide="ignore"):
