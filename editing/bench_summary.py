@@ -30,6 +30,8 @@ from editing.metrics import adherence_musicality_balance, adherence_structure_ba
 from probing.errors import MelodiaError
 from probing.paths import atomic_output
 
+RANGES = {"clap": (-1.0, 1.0), "lpaps": (0.0, math.inf), "chroma": (0.0, 1.0), "adherence": (0.0, 1.0),
+          "ideal_log_mel_distance": (0.0, math.inf), "ideal_chroma_similarity": (0.0, 1.0)}  # what each can take
 TABLE_METRICS = {  # shown in the Markdown table and the plot: label, higher is better
     "clap": ("CLAP", True), "lpaps": ("LPAPS", False), "chroma": ("Chroma", True),
     "adherence": ("Classifier", True), "ideal_log_mel_distance": ("Log-mel to ideal", False),
@@ -247,10 +249,13 @@ def plot_summary(records: list[dict], path: str | Path, title: str = "") -> Path
     rows = max(1, math.ceil(len(panels) / columns))
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
     names = [r["condition"] for r in records]
-    for ax, (_, label, mean_key, ci_key) in zip(axes.flat, panels):
-        errors = [r[ci_key] if ci_key and math.isfinite(r[ci_key]) else 0.0 for r in records]
-        ax.bar(range(len(records)), [r[mean_key] for r in records], yerr=errors, capsize=3,
-               color=[f"C{i}" for i in range(len(records))])
+    for ax, (metric, label, mean_key, ci_key) in zip(axes.flat, panels):
+        low, high = RANGES.get(metric, (-math.inf, math.inf))
+        means = [r[mean_key] for r in records]
+        half = [r[ci_key] if ci_key and math.isfinite(r[ci_key]) else 0.0 for r in records]
+        # a Student-t interval of few items can reach past what the metric can take: drawn clipped to it
+        errors = [[min(h, m - low) for m, h in zip(means, half)], [min(h, high - m) for m, h in zip(means, half)]]
+        ax.bar(range(len(records)), means, yerr=errors, capsize=3, color=[f"C{i}" for i in range(len(records))])
         ax.set_xticks(range(len(records)), names, rotation=30, ha="right")
         ax.set_title(label)
     for ax in list(axes.flat)[len(panels):]:
