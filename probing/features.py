@@ -18,7 +18,8 @@ concatenated; ``word`` uses only the modules whose keys are the prompt's tokens.
 Examples:
     >>> store = open_capture("maps.zarr")
     >>> features = layer_features(store)                         # every family available
-    >>> [(f.key, f.values.shape if f.attribute_free else "per attribute") for f in features[:2]]
+    >>> [f.key for f in features[:4]]                            # word: one matrix per attribute
+    ['self:1/flat', 'cross:1/flat', 'cross:1/word', 'cross:1/keys']
 """
 from __future__ import annotations
 
@@ -54,10 +55,6 @@ class LayerFeatures:
     def key(self) -> str:
         """Target and family, e.g. "cross:3/word"."""
         return f"{self.name}/{self.family}"
-
-    @property
-    def attribute_free(self) -> bool:
-        return isinstance(self.values, np.ndarray)
 
 
 def map_specs(store: CaptureStore) -> list[ArraySpec]:

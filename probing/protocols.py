@@ -9,4 +9,4 @@ from __future__ import annotations
 
 SPLITS = ("template", "random")  # folds grouped by prompt template (the honest one), or shuffled prompts
 FAMILIES = {"self": ("flat",), "cross": ("flat", "word", "keys")}  # feature families per kind (probing.features)
-FEATURE_FAMILIES = ("flat", "word", "keys")
+FEATURE_FAMILIES = tuple(dict.fromkeys(f for kind in FAMILIES.values() for f in kind))  # flat, word, keys

@@ -137,8 +137,9 @@ def run(args) -> None:
     settings = _settings(args)
     attributes = args.attributes.split(",") if args.attributes else None
     labelled(store, attributes)  # an unlabelled store fails before the progress bar starts
-    if families and "word" in families and word_features_unavailable(store):
-        raise MelodiaError(word_features_unavailable(store))
+    no_words = families and "word" in families and word_features_unavailable(store)
+    if no_words:
+        raise MelodiaError(no_words)
     n_folds = settings.folds * (1 + len(splits)) * (1 + (random_store is not None))
     with tqdm(total=n_folds, desc=f"probing (folds: control + {', '.join(splits)})") as bar:
         profile = build_profile(store, settings, random_store, attributes, steps, bar.update, splits, families)

@@ -34,6 +34,7 @@ DEFAULT_MODEL = "testbed"
 SHIPPED_NAMES = ("testbed", "testbed-dit")
 TINY_NAMES = ("tiny-audioldm2", "tiny-stable-audio", "tiny-unet", "tiny-ace-step", "tiny-stable-audio-3",
               "tiny-longcat")
+BUILTIN_NAMES = (*SHIPPED_NAMES, *TINY_NAMES)
 
 
 def __getattr__(name: str):
@@ -112,7 +113,7 @@ def check_model_name(name: str) -> str:
     MelodiaError: unknown model 'testbd' (did you mean testbed?); built-in: testbed, testbed-dit, tiny-audioldm2, ...
     """
     path = Path(name)
-    if name in (*SHIPPED_NAMES, *TINY_NAMES) or path.is_dir():
+    if name in BUILTIN_NAMES or path.is_dir():
         return name
     # a hub id is "owner/name" (names may hold dots: stable-audio-open-1.0); anything else with a path shape is local
     looks_local = name.startswith((".", "/", "~")) or name.count("/") > 1 or "\\" in name
@@ -120,10 +121,9 @@ def check_model_name(name: str) -> str:
         raise MelodiaError(f"model folder {name} does not exist (give a diffusers pipeline folder, a hub id such as "
                            "cvssp/audioldm2-music, or a built-in name)")
     if "/" not in name:
-        builtin = (*SHIPPED_NAMES, *TINY_NAMES)
-        close = difflib.get_close_matches(name, builtin, n=1)
+        close = difflib.get_close_matches(name, BUILTIN_NAMES, n=1)
         hint = f" (did you mean {close[0]}?)" if close else ""
-        raise MelodiaError(f"unknown model {name!r}{hint}; built-in: {', '.join(builtin)}; or a pipeline folder, or "
+        raise MelodiaError(f"unknown model {name!r}{hint}; built-in: {', '.join(BUILTIN_NAMES)}; or a pipeline folder, or "
                            "a hub id such as cvssp/audioldm2-music")
     if hub_offline():
         from huggingface_hub import try_to_load_from_cache
@@ -136,7 +136,7 @@ def check_model_name(name: str) -> str:
 def _not_here(name: str) -> str:
     return (f"cannot load model '{name}': it is not in the local Hugging Face cache and the hub is unreachable. "
             f"Download it where you have a network (huggingface-cli download {name} --local-dir DIR) and pass "
-            f"--model DIR, or use an offline model: {', '.join((*SHIPPED_NAMES, *TINY_NAMES))}")
+            f"--model DIR, or use an offline model: {', '.join(BUILTIN_NAMES)}")
 
 
 def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu",
