@@ -30,12 +30,14 @@ from editing.metrics import adherence_musicality_balance, adherence_structure_ba
 from probing.errors import MelodiaError
 from probing.paths import atomic_output
 
-RANGES = {"clap": (-1.0, 1.0), "lpaps": (0.0, math.inf), "chroma": (0.0, 1.0), "adherence": (0.0, 1.0),
-          "ideal_log_mel_distance": (0.0, math.inf), "ideal_chroma_similarity": (0.0, 1.0)}  # what each can take
+RANGES = {"clap": (-1.0, 1.0), "lpaps": (0.0, math.inf), "chroma": (0.0, 1.0), "melody_raw_chroma": (0.0, 1.0),
+          "melody_raw_pitch": (0.0, 1.0), "adherence": (0.0, 1.0), "ideal_log_mel_distance": (0.0, math.inf),
+          "ideal_chroma_similarity": (0.0, 1.0), "ideal_melody_raw_chroma": (0.0, 1.0)}  # what each can take
 TABLE_METRICS = {  # shown in the Markdown table and the plot: label, higher is better
     "clap": ("CLAP", True), "lpaps": ("LPAPS", False), "chroma": ("Chroma", True),
+    "melody_raw_chroma": ("Melody (raw chroma)", True), "melody_raw_pitch": ("Melody (raw pitch)", True),
     "adherence": ("Classifier", True), "ideal_log_mel_distance": ("Log-mel to ideal", False),
-    "ideal_chroma_similarity": ("Chroma to ideal", True)}
+    "ideal_chroma_similarity": ("Chroma to ideal", True), "ideal_melody_raw_chroma": ("Melody to ideal", True)}
 BALANCES: dict[str, tuple[str, Callable, str, str]] = {
     "asb": ("ASB", adherence_structure_balance, "clap", "lpaps"),
     "amb": ("AMB", adherence_musicality_balance, "clap", "chroma"),

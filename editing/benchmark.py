@@ -32,7 +32,8 @@ from probing.paths import write_json
 PLAN_FILE = "bench.json"
 ABLATION_LAYERS = (("none", "none"), ("all", "self:*"), ("6-16", "self:6-16"), ("8-14", "self:8-14"),
                    ("10-12", "self:10-12"))  # the paper's layer ablation; "auto" is added from a profile
-METRIC_FIELDS = ("clap", "lpaps", "chroma", "adherence", "ideal_log_mel_distance", "ideal_chroma_similarity",
+METRIC_FIELDS = ("clap", "lpaps", "chroma", "melody_raw_chroma", "melody_raw_pitch", "adherence",
+                 "ideal_log_mel_distance", "ideal_chroma_similarity", "ideal_melody_raw_chroma",
                  "classifier_instrument", "classifier_style", "classifier_mood")
 ROW_FIELDS = ("item", "category", "condition", "method", "layers", "seconds", *METRIC_FIELDS)
 _COMPARED = ("study", "manifest", "model", "edit", "metrics")  # what a resumed run must share with bench.json

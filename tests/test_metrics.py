@@ -11,9 +11,10 @@ import torch
 from safetensors.torch import save_file
 
 from editing.cli import main
-from editing.metrics import (LPAPSNet, MissingWeightsError, adherence_musicality_balance, adherence_structure_balance,
+from editing.metrics import (LPAPSNet, MetricUnavailableError, MissingWeightsError, adherence_musicality_balance, adherence_structure_balance,
                              chroma_similarity, classifier_adherence, frechet_audio_distance, frechet_distance,
-                             ideal_edit_distance, load_lpaps, log_mel_distance, lpaps_distance, prompt_targets)
+                             ideal_edit_distance, load_lpaps, log_mel_distance, lpaps_distance, melody_accuracy,
+                             pitch_contour, prompt_targets)
 from editing.metrics.balance import harmonic_mean
 from editing.metrics.lpaps import lpaps_spectrogram
 from probing.errors import MelodiaError
@@ -54,6 +55,40 @@ def test_spectral_metrics_do_not_depend_on_the_rate_a_clip_arrives_at():
     up = [librosa.resample(x, orig_sr=SR, target_sr=44_100) for x in (a, b)]
     assert chroma_similarity(*up, 44_100) == pytest.approx(chroma_similarity(a, b, SR), abs=0.02)
     assert log_mel_distance(*up, 44_100) == pytest.approx(log_mel_distance(a, b, SR), rel=0.05)
+
+
+# ---- melody (pYIN contour, mir_eval accuracies) -----------------------------------------------------
+
+def test_an_identical_clip_keeps_the_whole_melody_and_another_timbre_keeps_most_of_it():
+    source = melody()
+    same = melody_accuracy(source, source, SR)
+    assert same.raw_pitch == same.raw_chroma == 1.0 and same.voiced_frames > 150
+    assert melody_accuracy(source, melody(harmonics=(1.0, 0.1, 0.6, 0.3)), SR).raw_pitch > 0.9
+
+
+def test_a_semitone_loses_the_melody_and_an_octave_loses_only_the_pitch():
+    source = melody()
+    semitone = melody_accuracy(source, melody(shift=1), SR)
+    assert semitone.raw_pitch < 0.1 and semitone.raw_chroma < 0.1
+    octave = melody_accuracy(source, melody(shift=12), SR)
+    assert octave.raw_pitch < 0.1 and octave.raw_chroma > 0.9
+
+
+def test_a_late_or_silent_edit_misses_the_melody_and_silence_is_unvoiced():
+    source = melody()
+    assert melody_accuracy(source, melody(start_s=0.125), SR).raw_pitch < 0.6  # half a note late
+    silent = np.zeros(2 * SR, np.float32)
+    assert not pitch_contour(silent, SR)[1].any()
+    assert melody_accuracy(source, silent, SR).raw_chroma == 0.0  # unvoiced where the source sings: a miss
+    with pytest.raises(MetricUnavailableError, match="no voiced frame"):
+        melody_accuracy(silent, source, SR)
+
+
+def test_the_contour_follows_the_notes_at_any_rate():
+    times, f0 = pitch_contour(librosa.resample(melody(), orig_sr=SR, target_sr=44_100), 44_100)
+    assert times[1] - times[0] == pytest.approx(0.01)
+    first_note = f0[5:20]  # 50-200 ms: inside the first note (A3)
+    assert np.allclose(librosa.hz_to_midi(first_note), 57, atol=0.3)
 
 
 # ---- LPAPS ----------------------------------------------------------------------------------------

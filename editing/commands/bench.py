@@ -13,9 +13,9 @@ HELP = f"""Run edit methods over a benchmark manifest; write one row per (item, 
 MANIFEST is a shipped name (testbed, musicdelta, melodiaedit, zome-bench; datasets/editing/) or a
 YAML file. testbed renders every source and its ideal edit with the synthesizer (no download);
 the others read audio files from --data-dir (the manifest says what to download). Each edit is
-scored with the metrics that can run here: chroma to the source; on the testbed, the classifier's
-adherence and the log-mel and chroma distance to the ideal; CLAP and LPAPS only with --clap and
---lpaps. Writes into -o DIR: rows.csv (appended and flushed per edit), bench.json (the settings),
+scored with the metrics that can run here: chroma and melody (pYIN contour) to the source; on the
+testbed, the classifier's adherence and the log-mel, chroma and melody distance to the ideal;
+CLAP and LPAPS only with --clap and --lpaps. Writes into -o DIR: rows.csv (appended and flushed per edit), bench.json (the settings),
 summary.csv, summary.md (mean ± 95 % CI per method, ASB/AMB across methods) and summary.png.
 
 --ablation layers runs melodia with the paper's layer bands: none, all (self:*), 6-16, 8-14,

@@ -17,6 +17,7 @@ import numpy as np
 from editing.metrics._common import MetricUnavailableError
 from editing.metrics.clap import DEFAULT_CLAP, ClapEmbedder, load_clap
 from editing.metrics.lpaps import LPAPSNet, lpaps_distance
+from editing.metrics.melody import melody_accuracy
 from editing.metrics.spectral import chroma_similarity
 from editing.metrics.testbed import classifier_adherence, ideal_edit_distance, prompt_targets
 
@@ -49,24 +50,39 @@ def score_edit(source: np.ndarray, edited: np.ndarray, sr: int, prompt: str, *,
 
     Returns:
         metric name -> {"value", "higher_is_better", "compares", ...} or {"unavailable": reason}.
-        Names: clap, lpaps, chroma, fad, asb, amb, classifier_<attribute> (one per attribute the
-        prompt names, else "classifier"), ideal_log_mel_distance, ideal_chroma_similarity.
+        Names: clap, lpaps, chroma, melody_raw_pitch, melody_raw_chroma, fad, asb, amb,
+        classifier_<attribute> (one per attribute the prompt names, else "classifier"),
+        ideal_log_mel_distance, ideal_chroma_similarity, ideal_melody_raw_pitch, ideal_melody_raw_chroma.
     """
     scores = {
         "clap": _attempt(lambda: _clap_score(clap, edited, sr, prompt)),
         "lpaps": _attempt(lambda: _value(lpaps_distance(source, edited, sr, lpaps), False, "source, edited")),
         "chroma": _value(chroma_similarity(source, edited, sr), True, "source, edited"),
+        **_melody_scores(source, edited, sr, "source, edited", ""),
         **{name: {"unavailable": reason} for name, reason in SET_METRICS.items()},
         **_classifier_scores(edited, sr, prompt, classifier),
     }
     if ideal is None:
         unavailable = {"unavailable": "no ideal edit given (testbed: render it with melodia synth, same score seed)"}
-        scores["ideal_log_mel_distance"] = scores["ideal_chroma_similarity"] = unavailable
+        scores.update(dict.fromkeys(("ideal_log_mel_distance", "ideal_chroma_similarity", "ideal_melody_raw_pitch",
+                                     "ideal_melody_raw_chroma"), unavailable))
     else:
         distance = ideal_edit_distance(edited, ideal, sr)
         scores["ideal_log_mel_distance"] = _value(distance["log_mel_distance"], False, "edited, ideal")
         scores["ideal_chroma_similarity"] = _value(distance["chroma_similarity"], True, "edited, ideal")
+        scores.update(_melody_scores(ideal, edited, sr, "ideal, edited", "ideal_"))
     return scores
+
+
+def _melody_scores(reference: np.ndarray, edited: np.ndarray, sr: int, compares: str, prefix: str) -> dict[str, dict]:
+    """<prefix>melody_raw_pitch and <prefix>melody_raw_chroma of `edited` against `reference`'s contour."""
+    try:
+        melody = melody_accuracy(reference, edited, sr)
+    except MetricUnavailableError as error:
+        return dict.fromkeys((f"{prefix}melody_raw_pitch", f"{prefix}melody_raw_chroma"), {"unavailable": str(error)})
+    frames = {"voiced_frames": melody.voiced_frames}
+    return {f"{prefix}melody_raw_pitch": _value(melody.raw_pitch, True, compares, **frames),
+            f"{prefix}melody_raw_chroma": _value(melody.raw_chroma, True, compares, **frames)}
 
 
 def _attempt(score: Callable[[], dict]) -> dict:
