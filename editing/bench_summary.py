@@ -249,7 +249,7 @@ def plot_summary(records: list[dict], path: str | Path, title: str = "") -> Path
     plt = pyplot()
     columns = max(1, min(3, len(panels)))
     rows = max(1, math.ceil(len(panels) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False, layout="constrained")
     names = [r["condition"] for r in records]
     for ax, (metric, label, mean_key, ci_key) in zip(axes.flat, panels):
         low, high = RANGES.get(metric, (-math.inf, math.inf))
@@ -257,13 +257,13 @@ def plot_summary(records: list[dict], path: str | Path, title: str = "") -> Path
         half = [r[ci_key] if ci_key and math.isfinite(r[ci_key]) else 0.0 for r in records]
         # a Student-t interval of few items can reach past what the metric can take: drawn clipped to it
         errors = [[min(h, m - low) for m, h in zip(means, half)], [min(h, high - m) for m, h in zip(means, half)]]
-        ax.bar(range(len(records)), means, yerr=errors, capsize=3, color=[f"C{i}" for i in range(len(records))])
+        bars = ax.bar(range(len(records)), means, yerr=errors, capsize=3, color=[f"C{i}" for i in range(len(records))])
+        ax.bar_label(bars, fmt="%.2f", label_type="center", fontsize=8)  # a 0.00 bar is a value, not a gap
         ax.set_xticks(range(len(records)), names, rotation=30, ha="right")
         ax.set_title(label)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     figure.suptitle(title)
-    figure.tight_layout()
     try:
         save_figure(figure, path)
     finally:

@@ -27,7 +27,7 @@ from editing.audio import validate_wave
 from editing.baselines import NoiseMaps, ddpm_noise_maps, ddpm_sample, sdedit_noise
 from editing.flow import flow_sdedit_noise, flowedit, ode_samplers
 from editing.injection import inject_source_qk, record_source_qk
-from editing.inversion import inverted_steps
+from editing.inversion import inverted_steps, progress_label
 from editing.methods import MAX_SOURCE_SECONDS, METHODS, METHODS_BY_PREDICTION, SOURCE_PROMPT_METHODS, WINDOW_OVERLAP
 from editing.repository import AttentionRepository, predicted_bytes
 from editing.windows import join_windows, seam_flux_ratio, seam_positions, window_spans
@@ -192,7 +192,11 @@ class Melodia:
         with _timed(timings, "encode"), torch.no_grad():
             source = self.model.encode_prompt([source_prompt], guidance=source_guidance)
             target = self.model.encode_prompt([target_prompt], guidance=guidance)
-        edited = [self._edit_window(wave[a:b], settings, modules, source, target, timings, progress) for a, b in spans]
+        edited = []
+        for index, (a, b) in enumerate(spans):
+            label = f"{method} {settings.layers}" if method == "melodia" else method
+            with progress_label(label + (f", window {index + 1}/{len(spans)}" if len(spans) > 1 else "")):
+                edited.append(self._edit_window(wave[a:b], settings, modules, source, target, timings, progress))
         audio = join_windows([piece for piece, _ in edited], spans)
         sizes = {"predicted": predicted_bytes(self.model, modules, inverted_steps(steps, t_start)),
                  "measured": max(measured for _, measured in edited)}  # per window: one repository at a time

@@ -25,7 +25,7 @@ import torch
 from tqdm import tqdm
 
 from editing.baselines import cpu_randn
-from editing.inversion import StepCallback, ddim_invert, ddim_sample, inverted_steps, run_steps
+from editing.inversion import StepCallback, ddim_invert, ddim_sample, inverted_steps, labelled, run_steps
 from probing.models.base import Conditioning, DiffusionModel
 from probing.models.flow import FlowModel
 
@@ -73,7 +73,7 @@ def flowedit(model: FlowModel, z0: torch.Tensor, source: Conditioning, target: C
     """FlowEdit from the source latent `z0` over the last `t_start` of the schedule (one noise draw per step)."""
     sigmas = partial_sigmas(model, steps, t_start)
     z_edit = z0
-    for index in tqdm(range(len(sigmas) - 1), desc="flowedit", disable=not progress, leave=False):
+    for index in tqdm(range(len(sigmas) - 1), desc=labelled("denoising"), disable=not progress, leave=False):
         sigma, t = sigmas[index].to(z0.dtype), model.timestep_for(sigmas[index])
         noise = cpu_randn(z0, generator)
         z_source = (1 - sigma) * z0 + sigma * noise

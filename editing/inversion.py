@@ -20,7 +20,9 @@ Examples:
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 
 import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
@@ -36,6 +38,25 @@ EXACT = {"clip_sample": False, "thresholding": False}
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (index, timestep, latents before the step)
 # (index, model output, timestep, latents) -> the latents after the step
 Step = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+_PROGRESS_LABEL: ContextVar[str] = ContextVar("progress_label", default="")
+
+
+@contextmanager
+def progress_label(label: str) -> Iterator[None]:
+    """While active, every sampler's progress bar starts with `label` (e.g. the method and its layers)."""
+    token = _PROGRESS_LABEL.set(label)
+    try:
+        yield
+    finally:
+        _PROGRESS_LABEL.reset(token)
+
+
+def labelled(desc: str) -> str:
+    """`desc` behind the active progress label: "melodia self:8-14: inverting"."""
+    label = _PROGRESS_LABEL.get()
+    return f"{label}: {desc}" if label else desc
 
 
 def inverted_steps(steps: int, t_start: float) -> int:
@@ -59,7 +80,7 @@ def run_steps(model: DiffusionModel, timesteps: torch.Tensor, latents: torch.Ten
               guidance: float, step: Step, on_step: StepCallback | None = None, desc: str = "denoising",
               progress: bool = False) -> torch.Tensor:
     """The sampling loop: at each timestep, the model output (with CFG) and `step` to the next latents."""
-    for index, t in enumerate(tqdm(timesteps, desc=desc, disable=not progress, leave=False)):
+    for index, t in enumerate(tqdm(timesteps, desc=labelled(desc), disable=not progress, leave=False)):
         if on_step is not None:
             on_step(index, t, latents)
         with torch.no_grad():

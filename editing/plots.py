@@ -20,7 +20,8 @@ def plot_spectrograms(clips: dict[str, np.ndarray], sr: int, path: str | Path, t
                                                                       n_fft=1024, hop_length=256, n_mels=64), ref=1.0)
             for name, w in clips.items()}
     low, high = max(min(m.min() for m in mels.values()), -80.0), max(m.max() for m in mels.values())
-    fig, axes = plt.subplots(1, len(mels), figsize=(4 * len(mels), 3.2), sharey=True, squeeze=False)
+    fig, axes = plt.subplots(1, len(mels), figsize=(4 * len(mels), 3.4), sharey=True, squeeze=False,
+                             layout="constrained")  # room for the figure title above the panel titles
     for ax, (name, mel) in zip(axes[0], mels.items()):
         image = ax.imshow(mel, origin="lower", aspect="auto", vmin=low, vmax=high, cmap="magma",
                           extent=[0, mel.shape[1] * 256 / sr, 0, mel.shape[0]])

@@ -97,3 +97,11 @@ def test_bad_settings_fail_before_any_work(editor, source, kwargs, message):
 def test_bad_audio_is_refused(editor, wave, message):
     with pytest.raises(MelodiaError, match=message):
         editor.edit(wave, PROMPT, steps=4)
+
+
+def test_progress_bars_name_the_method_and_its_layers(editor, source, capsys):
+    editor.edit(source, PROMPT, layers="self:8-14", steps=3, progress=True)
+    bars = capsys.readouterr().err
+    assert "melodia self:8-14: inverting" in bars and "melodia self:8-14: denoising" in bars
+    editor.edit(source, PROMPT, method="sdedit", steps=3, progress=True)
+    assert "sdedit: denoising" in capsys.readouterr().err
