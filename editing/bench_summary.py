@@ -6,7 +6,10 @@ sharded run as well. The CI is Student's t on the items' values (NaN values drop
 n < 2). Every condition edits the same items, so conditions are also compared item by item: the
 mean paired difference to the reference condition ("none" in the layer ablation, the
 inversion/ddim baseline among methods) with a 95 % bootstrap interval over items (paired.csv and
-a table in summary.md); intervals that exclude 0 are what the unpaired ones cannot show. ASB and AMB are the paper's balance scores (`editing.metrics.balance`), computed from the
+a table in summary.md; in a sweep, against the reference at the same setting); intervals that
+exclude 0 are what the unpaired ones cannot show. A swept run adds the frontier
+(`editing.frontier`: frontier.csv, frontier.png). ASB and AMB are the paper's balance scores
+(`editing.metrics.balance`), computed from the
 conditions' means where every condition has both inputs; "AMB (classifier)" is the testbed's
 stand-in with the independent classifier's adherence in place of CLAP.
 
@@ -25,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from editing.benchmark import METRIC_FIELDS, PLAN_FILE, read_rows
+from editing.benchmark import METRIC_FIELDS, PLAN_FILE, SWEEP_MARK, read_rows
 from editing.metrics import adherence_musicality_balance, adherence_structure_balance
 from probing.errors import MelodiaError
 from probing.paths import atomic_output
@@ -78,7 +81,8 @@ def summarize(out: str | Path, plot: bool = True) -> Summary:
         raise MelodiaError(f"{out} holds no finished edits yet: run or resume `melodia bench` first")
     records, notes = summary_records(rows, expected=len(plan["items"]))
     paired = paired_differences(rows)
-    summary = Summary(records, notes, markdown(records, notes, plan) + paired_markdown(paired))
+    frontier = _frontier(rows, out, plot, title=f"{plan['manifest']} on {plan['model']}: the frontier")
+    summary = Summary(records, notes, markdown(records, notes, plan) + paired_markdown(paired) + frontier)
     _write_csv(records, out / "summary.csv")
     if paired:
         _write_csv(paired, out / "paired.csv")
@@ -88,6 +92,23 @@ def summarize(out: str | Path, plot: bool = True) -> Summary:
         plot_summary([r for r in records if r["group"] == "all"], out / "summary.png",
                      title=f"{plan['manifest']} on {plan['model']}")
     return summary
+
+
+def _frontier(rows: list[dict], out: Path, plot: bool, title: str) -> str:
+    """For a swept run: frontier.csv (matched-adherence gaps), frontier.png, and their Markdown; else ''."""
+    from editing.frontier import Y_METRICS, frontier_markdown, is_swept, matched_structure, plot_frontier, x_metric
+
+    if not is_swept(rows):
+        return ""
+    x = x_metric(rows)
+    if x is None:
+        return "\n- No frontier: the rows hold no adherence metric (the testbed classifier, or --clap)\n"
+    matched = [m for y in Y_METRICS for m in matched_structure(rows, x, y)]
+    if matched:
+        _write_csv(matched, out / "frontier.csv")
+    if plot:
+        plot_frontier(rows, out / "frontier.png", title)
+    return frontier_markdown(matched)
 
 
 def summary_records(rows: list[dict], expected: int | None = None) -> tuple[list[dict], list[str]]:
@@ -119,10 +140,18 @@ def paired_differences(rows: list[dict], reference: str | None = None, resamples
     >>> paired_differences(rows)[0]
     {'group': 'all', 'condition': 'all', 'reference': 'none', 'metric': 'chroma', 'n': 64, 'mean': 0.013, ...}
     """
+    from editing.frontier import base_condition, point_label
+
     conditions = list(dict.fromkeys(row["condition"] for row in rows))
-    reference = reference or next((c for c in REFERENCES if c in conditions), None)
+    bases = list(dict.fromkeys(base_condition(c) for c in conditions))
+    reference = reference or next((c for c in REFERENCES if c in bases), None)
     if reference is None:
         return []
+
+    def reference_of(condition: str) -> str:  # in a sweep: the reference at the same setting
+        point = point_label(condition)
+        return f"{reference}{SWEEP_MARK}{point}" if point else reference
+
     value = {(row["item"], row["condition"], metric): float(row[metric]) for row in rows
              for metric in TABLE_METRICS if row.get(metric)}
     categories = list(dict.fromkeys(row["category"] for row in rows))
@@ -132,16 +161,17 @@ def paired_differences(rows: list[dict], reference: str | None = None, resamples
     out = []
     for group, names in items.items():
         for condition in conditions:
-            if condition == reference:
+            against = reference_of(condition)
+            if base_condition(condition) == reference:
                 continue
             for metric in TABLE_METRICS:
-                diffs = np.asarray([value[i, condition, metric] - value[i, reference, metric] for i in names
-                                    if (i, condition, metric) in value and (i, reference, metric) in value])
+                diffs = np.asarray([value[i, condition, metric] - value[i, against, metric] for i in names
+                                    if (i, condition, metric) in value and (i, against, metric) in value])
                 diffs = diffs[np.isfinite(diffs)]
                 if diffs.size < 2:
                     continue
                 boot = rng.choice(diffs, size=(resamples, diffs.size)).mean(axis=1)
-                out.append({"group": group, "condition": condition, "reference": reference, "metric": metric,
+                out.append({"group": group, "condition": condition, "reference": against, "metric": metric,
                             "n": int(diffs.size), "mean": float(diffs.mean()),
                             "ci_low": float(np.quantile(boot, 0.025)), "ci_high": float(np.quantile(boot, 0.975))})
     return out
@@ -200,7 +230,10 @@ def _add_balances(block: list[dict]) -> list[str]:
 
 def markdown(records: list[dict], notes: list[str], plan: dict) -> str:
     """The paper-style table per group: mean +- 95 % CI per metric, then ASB/AMB and seconds per edit."""
-    edit = plan["edit"]
+    edit = dict(plan["edit"])
+    settings = [pair for condition in plan.get("conditions", []) for pair in condition.get("settings", [])]
+    for name in dict.fromkeys(name for name, _ in settings):  # a sweep: its values instead of the default
+        edit[name] = "swept (" + ", ".join(dict.fromkeys(f"{v:g}" for n, v in settings if n == name)) + ")"
     lines = [f"# {plan['manifest']}: {plan['study']} on {plan['model']}", "",
              f"steps {edit['steps']}, t_start {edit['t_start']}, guidance {edit['guidance']}, seed {edit['seed']}; "
              "mean ± 95 % CI over items; ↑ higher is better, ↓ lower is better.", ""]

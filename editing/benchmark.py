@@ -1,7 +1,8 @@
 """Run edit methods over a benchmark manifest: one CSV row per (item, condition), resumable and sharded.
 
 A *condition* is one column of the comparison: a method (melodia, ddim, sdedit, ddpm-friendly)
-or, for the layer ablation, melodia with one layer spec. Items run in manifest order, each
+or, for the layer ablation, melodia with one layer spec; with `--sweep` every one of them at every
+value of a setting (`ddim@t_start=0.8`: `parse_sweeps`, `swept_conditions`). Items run in manifest order, each
 condition in turn; every row is appended and flushed whole (a torn last line from a killed run is
 cut off on the next open), so `resume=True` skips exactly the rows already on disk. Under torchrun
 (RANK / WORLD_SIZE set) each rank takes items[rank::world] and writes rows.rank<R>.csv;
@@ -15,7 +16,9 @@ Examples:
 from __future__ import annotations
 
 import csv
+import itertools
 import json
+import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -35,17 +38,58 @@ ABLATION_LAYERS = (("none", "none"), ("all", "self:*"), ("6-16", "self:6-16"), (
 METRIC_FIELDS = ("clap", "lpaps", "chroma", "melody_raw_chroma", "melody_raw_pitch", "adherence",
                  "ideal_log_mel_distance", "ideal_chroma_similarity", "ideal_melody_raw_chroma",
                  "classifier_instrument", "classifier_style", "classifier_mood")
-ROW_FIELDS = ("item", "category", "condition", "method", "layers", "seconds", *METRIC_FIELDS)
+ROW_FIELDS = ("item", "category", "condition", "method", "layers", "t_start", "guidance", "seconds", *METRIC_FIELDS)
+SWEEPABLE = {"t_start": (0.0, 1.0, "in (0, 1]"), "guidance": (0.0, math.inf, "above 0")}  # open low, closed high
+SWEEP_MARK = "@"  # a swept condition's name: <method or band>@<setting>=<value>[,<setting>=<value>]
 _COMPARED = ("study", "manifest", "model", "edit", "metrics")  # what a resumed run must share with bench.json
 
 
 @dataclass(frozen=True)
 class Condition:
-    """One compared column: its name in the tables, the edit method and the injected layer spec."""
+    """One compared column: its name in the tables, the edit method, the injected layer spec and, in a
+    sweep, the edit settings it overrides (("t_start", 0.8),)."""
 
     name: str
     method: str
     layers: str
+    settings: tuple[tuple[str, float], ...] = ()
+
+
+def parse_sweeps(texts: Sequence[str]) -> list[tuple[tuple[str, float], ...]]:
+    """`--sweep` arguments ("t_start=0.4,0.6") -> every combination of their values, in the order given.
+
+    >>> parse_sweeps(["t_start=0.4,0.8", "guidance=3"])
+    [(('t_start', 0.4), ('guidance', 3.0)), (('t_start', 0.8), ('guidance', 3.0))]
+    """
+    axes = []
+    for text in texts:
+        name, _, values = text.partition("=")
+        name = name.strip().replace("-", "_")
+        if name not in SWEEPABLE:
+            raise MelodiaError(f"--sweep {text!r}: cannot sweep {name!r}; choose one of {', '.join(SWEEPABLE)} "
+                               "(e.g. --sweep t_start=0.4,0.6,0.8,1.0)")
+        if name in (axis[0] for axis in axes):
+            raise MelodiaError(f"--sweep {name} is given twice: list all its values in one --sweep")
+        try:
+            numbers = [float(v) for v in values.split(",")]
+        except ValueError:
+            raise MelodiaError(f"--sweep {text!r}: values must be numbers separated by commas") from None
+        low, high, allowed = SWEEPABLE[name]
+        bad = [v for v in numbers if not (low < v <= high)]
+        if bad or len(set(numbers)) < len(numbers):
+            raise MelodiaError(f"--sweep {text!r}: {name} values must be distinct and {allowed}")
+        axes.append((name, numbers))
+    if not axes:
+        return []
+    return [tuple(zip([n for n, _ in axes], combo)) for combo in itertools.product(*(v for _, v in axes))]
+
+
+def swept_conditions(conditions: Sequence[Condition], grid: Sequence[tuple[tuple[str, float], ...]]) -> list[Condition]:
+    """Every condition at every grid point, named <condition>@<setting>=<value>; unchanged without a grid."""
+    if not grid:
+        return list(conditions)
+    return [Condition(f"{c.name}{SWEEP_MARK}{','.join(f'{k}={v:g}' for k, v in point)}", c.method, c.layers, point)
+            for c in conditions for point in grid]
 
 
 def method_conditions(methods: Sequence[str], layers: str = "auto") -> list[Condition]:
@@ -189,14 +233,16 @@ def run_benchmark(plan: BenchPlan, editor, out: str | Path, scorer: Scorer, *, s
             if save_audio:
                 _save(out, item, {"source": source, "ideal": ideal}, sr)
             for condition in todo:
+                settings = asdict(plan.edit) | dict(condition.settings)
                 start = time.perf_counter()
                 edited = editor.edit(source, item.target_prompt, method=condition.method, layers=condition.layers,
-                                     **asdict(plan.edit)).audio
+                                     **settings).audio
                 seconds = time.perf_counter() - start
                 if save_audio:
                     _save(out, item, {condition.name: edited}, sr)
                 writer.write({"item": item.id, "category": item.category, "condition": condition.name,
-                              "method": condition.method, "layers": condition.layers, "seconds": seconds,
+                              "method": condition.method, "layers": condition.layers, "t_start": settings["t_start"],
+                              "guidance": settings["guidance"], "seconds": seconds,
                               **scorer.score(item, source, edited, ideal, sr)})
     return rows_path
 

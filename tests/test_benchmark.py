@@ -260,3 +260,68 @@ def test_paired_differences_compare_conditions_item_by_item():
     assert result["same"]["mean"] == 0 and "+0.000]*" not in paired_markdown([result["same"]])
     assert "+0.020 [+0.020, +0.020]*" in paired_markdown([result["all"]])
     assert paired_differences([r for r in rows if r["condition"] != "none"]) == []  # no reference: nothing
+
+
+# ---- sweeps and the frontier ------------------------------------------------------------------------
+
+def frontier_rows(curves: dict[str, list[tuple[float, float]]], items: int = 40, seed: int = 0) -> list[dict]:
+    """Rows of a swept run: per curve, per sweep point (mean adherence, mean melody), items scattered around."""
+    rng = np.random.default_rng(seed)
+    item_effect = rng.normal(0, 0.1, items)  # items differ a lot, the same way under every condition
+    rows = []
+    for curve, points in curves.items():
+        for k, (x, y) in enumerate(points):
+            for i in range(items):
+                rows.append({"item": f"i{i}", "category": "timbre", "condition": f"{curve}@t_start={0.4 + 0.2 * k:g}",
+                             "adherence": str(x + rng.normal(0, 0.01)),
+                             "melody_raw_chroma": str(y + item_effect[i] + rng.normal(0, 0.01))})
+    return rows
+
+
+def test_the_frontier_compares_structure_at_matched_adherence_not_at_one_setting():
+    from editing.frontier import frontier_curves, matched_structure
+
+    line = [(0.2, 0.8), (0.4, 0.6), (0.6, 0.4), (0.8, 0.2)]  # the trade-off both methods share
+    shifted = [(x, y + 0.1) for x, y in line]  # the same adherence, more melody kept
+    timid = [(0.1, 0.9), (0.2, 0.8), (0.3, 0.7), (0.5, 0.5)]  # edits less: higher melody at each setting
+    rows = frontier_rows({"better": shifted, "base": line, "timid": timid})
+    curves = frontier_curves(rows, "adherence", "melody_raw_chroma")
+    assert [label for label, *_ in curves["base"]] == ["t_start=0.4", "t_start=0.6", "t_start=0.8", "t_start=1"]
+    assert curves["base"][0][1:] == pytest.approx((0.2, 0.8), abs=0.01)
+    gaps = {(m["a"], m["b"]): m for m in matched_structure(rows, "adherence", "melody_raw_chroma")}
+    better = gaps["better", "base"]
+    assert better["gap"] == pytest.approx(0.1, abs=0.01) and better["ci_low"] > 0.08  # paired: tight
+    timid_gap = gaps["base", "timid"]
+    assert abs(timid_gap["gap"]) < 0.01 and timid_gap["ci_low"] < 0 < timid_gap["ci_high"]  # same curve: no gap
+    assert timid_gap["overlap_low"] == pytest.approx(0.2, abs=0.02)
+    apart = matched_structure(frontier_rows({"low": [(0.1, 0.5), (0.2, 0.4)], "high": [(0.6, 0.5), (0.9, 0.4)]}),
+                              "adherence", "melody_raw_chroma")
+    assert np.isnan(apart[0]["gap"])  # never compared outside the adherence both reach
+
+
+def test_a_sweep_runs_every_condition_at_every_value_and_draws_the_frontier(
+        capsys, tmp_path, untrained_testbed_dir, count_edits):
+    out = tmp_path / "out"
+    code, stdout, err = bench(capsys, "testbed", "--model", untrained_testbed_dir, *TINY, "--methods", "melodia,ddim",
+                              "--sweep", "t_start=0.5,1", "-o", str(out))
+    assert code == 0, err
+    rows = rows_of(out / "rows.csv")
+    assert [(r["condition"], r["t_start"]) for r in rows[:4]] == [
+        ("melodia@t_start=0.5", "0.5"), ("melodia@t_start=1", "1.0"), ("ddim@t_start=0.5", "0.5"),
+        ("ddim@t_start=1", "1.0")] and len(rows) == 8 == len(count_edits)
+    paired = rows_of(out / "paired.csv")
+    assert {(p["condition"], p["reference"]) for p in paired} == {("melodia@t_start=0.5", "ddim@t_start=0.5"),
+                                                                   ("melodia@t_start=1", "ddim@t_start=1")}
+    frontier = rows_of(out / "frontier.csv")
+    assert {(f["a"], f["b"]) for f in frontier} == {("melodia", "ddim")}
+    assert "# Frontier" in stdout and "t_start swept (0.5, 1)" in stdout
+    assert (out / "frontier.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("sweep, needle", [("strength=0.5", "cannot sweep 'strength'"),
+                                           ("t_start=0.5,1.5", "in (0, 1]"),
+                                           ("guidance=3,x", "numbers separated by commas")])
+def test_a_bad_sweep_is_refused_in_one_line_before_anything_is_written(capsys, tmp_path, sweep, needle):
+    code, _, err = bench(capsys, "testbed", "--sweep", sweep, "-o", str(tmp_path / "out"))
+    assert_one_line_error(code, err, needle)
+    assert not (tmp_path / "out").exists()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 from editing.commands.common import add_model_argument, add_profile_arguments, formatter, load_profile, print_json
 
@@ -18,6 +19,10 @@ testbed, the classifier's adherence and the log-mel, chroma and melody distance 
 CLAP and LPAPS only with --clap and --lpaps. Writes into -o DIR: rows.csv (appended and flushed per edit), bench.json (the settings),
 summary.csv, summary.md (mean ± 95 % CI per method, ASB/AMB across methods) and summary.png.
 
+--sweep t_start=0.4,0.6,0.8,1.0 runs every method (or band) at every value (also guidance=...;
+two --sweep give every combination) and adds the frontier: adherence against structure, one
+curve per method, and structure at matched adherence per pair of methods (frontier.png,
+frontier.csv, a table in summary.md).
 --ablation layers runs melodia with the paper's layer bands: none, all (self:*), 6-16, 8-14,
 10-12, and auto (the band --profile selects; skipped without --profile).
 --resume skips the edits already in DIR. Under torchrun (RANK, WORLD_SIZE) each rank edits
@@ -28,6 +33,7 @@ examples:
   melodia bench testbed --methods {DEFAULT_METHODS} -o results/testbed --resume
   melodia bench testbed --model testbed-dit -o results/testbed-dit       # {DEFAULT_FLOW_METHODS}
   melodia bench testbed --ablation layers --category timbre --profile profile.json -o results/ablation
+  melodia bench testbed --sweep t_start=0.4,0.6,0.8,1.0 --methods melodia,ddim,sdedit,ddpm-friendly -o results/frontier
   melodia bench musicdelta --data-dir ~/MedleyDB/Audio --model cvssp/audioldm2-music --clap clap/ \\
       --lpaps lpaps.pth -o results/musicdelta
   torchrun --nproc-per-node 2 -m editing.cli bench testbed -o results/testbed
@@ -50,6 +56,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--limit", type=_positive, metavar="N", help="only the first N items (after --category)")
     parser.add_argument("--data-dir", metavar="DIR", help="folder holding the manifest's audio files")
     parser.add_argument("--t-start", type=float, default=0.6, help="inverted fraction of the schedule, (0, 1]")
+    parser.add_argument("--sweep", action="append", metavar="SETTING=V1,V2,...",
+                        help="run every condition at each value of t_start or guidance (overrides --t-start / "
+                        "--guidance); repeat for a grid")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=3.5)
     parser.add_argument("--seed", type=int, default=0)
@@ -72,7 +81,7 @@ def _positive(text: str) -> int:
 
 def run(args) -> None:
     from editing.bench_summary import summarize
-    from editing.benchmark import BenchPlan, EditOptions, Scorer, Shard, run_benchmark
+    from editing.benchmark import BenchPlan, EditOptions, Scorer, Shard, parse_sweeps, run_benchmark, swept_conditions
     from editing.editor import Melodia
     from editing.manifests import load_manifest
     from probing.errors import MelodiaError
@@ -82,6 +91,7 @@ def run(args) -> None:
         if not args.manifest:
             raise MelodiaError("give a MANIFEST (e.g. testbed), or --summarize -o DIR to summarize a finished run")
         _check_options(args)
+        grid = parse_sweeps(args.sweep or [])
         manifest = load_manifest(args.manifest)
         categories = [c.strip() for c in args.category.split(",")] if args.category else None
         items = manifest.select(categories, args.limit)
@@ -91,7 +101,7 @@ def run(args) -> None:
         scorer = Scorer.load(args.clap, args.lpaps)
         editor = Melodia(load_model(args.model, device=args.device), profile=profile,
                          require_baseline=not args.no_baseline)
-        plan = BenchPlan(manifest, _conditions(args, editor), args.model,
+        plan = BenchPlan(manifest, swept_conditions(_conditions(args, editor), grid), args.model,
                          EditOptions(args.t_start, args.steps, args.guidance, args.seed), items,
                          "layers" if args.ablation else "methods", {"clap": args.clap, "lpaps": args.lpaps})
         rows = run_benchmark(plan, editor, args.out, scorer, shard=shard, resume=args.resume,
@@ -106,7 +116,8 @@ def run(args) -> None:
         print_json({"out": args.out, "records": records, "notes": summary.notes})
         return
     print(summary.markdown, end="")
-    print(f"wrote {args.out}/summary.csv, summary.md, summary.png")
+    frontier = ", frontier.csv, frontier.png" if (Path(args.out) / "frontier.png").is_file() else ""
+    print(f"wrote {args.out}/summary.csv, summary.md, summary.png{frontier}")
 
 
 def _check_options(args) -> None:
