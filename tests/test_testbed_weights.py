@@ -109,6 +109,42 @@ def test_word_aligned_cross_attention_reads_more_instrument_from_the_trained_tes
 
 
 # ---- the flow-matching DiT testbed (testbed-dit) --------------------------------------------------------
+@pytest.mark.slow
+def test_injection_positive_control_the_edit_keeps_more_of_the_source_with_every_self_attention_layer_injected(
+        shipped):
+    """Full inversion (t_start 1.0) of a synth clip, edited to another instrument with guidance 3.5, with and
+    without the source's Q/K in every self-attention layer: injected, the edit's latent stays closer to
+    the source's and more of the source's melody survives (pYIN raw chroma accuracy). Switch injection
+    off and both gaps are 0. Measured when written (v1 weights, 25 steps, these 3 clips): latent
+    distance ratio 0.83 on average, melody +0.10 (0.25 -> 0.47, 0.42 -> 0.47, 0.09 -> 0.11). The keying
+    of Q/K to their timestep is tested mechanically in tests/test_editor.py: on these weights Q/K of
+    the wrong timesteps pull the latent to the source as much (docs/editing.md, positive control)."""
+    from editing.editor import Melodia
+    from editing.injection import inject_source_qk, record_source_qk
+    from editing.inversion import ddim_invert, ddim_sample
+    from editing.metrics.melody import melody_accuracy
+    from editing.repository import AttentionRepository
+
+    modules = Melodia(shipped).injected_modules("self:*")
+    ratios, gains = [], []
+    for source_instrument, target, seed in (("violin", "piano", 13), ("piano", "violin", 10), ("flute", "guitar", 11)):
+        wave = render_clip(source_instrument, "waltz", "calm", seed)
+        z0 = shipped.encode_audio(wave)
+        empty, prompt = shipped.encode_prompt([""], 1.0), shipped.encode_prompt([f"a calm waltz played on {target}"], 3.5)
+        with AttentionRepository() as repository:
+            with record_source_qk(shipped, modules, repository):
+                zt = ddim_invert(shipped, z0, empty, steps=25)
+            plain = ddim_sample(shipped, zt, prompt, steps=25, guidance=3.5)
+            with inject_source_qk(shipped, modules, repository):
+                injected = ddim_sample(shipped, zt, prompt, steps=25, guidance=3.5)
+        ratios.append(float((injected - z0).norm() / (plain - z0).norm()))
+        melody = [melody_accuracy(wave, shipped.decode(z)[: len(wave)], shipped.sample_rate).raw_chroma
+                  for z in (plain, injected)]
+        gains.append(melody[1] - melody[0])
+    assert np.mean(ratios) < 0.93 and max(ratios) < 1.0, ratios
+    assert np.mean(gains) > 0.03 and min(gains) >= 0.0, gains
+
+
 @pytest.fixture(scope="module")
 def shipped_dit():
     return load_model("testbed-dit")
