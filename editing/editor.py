@@ -28,7 +28,8 @@ from editing.baselines import NoiseMaps, ddpm_noise_maps, ddpm_sample, sdedit_no
 from editing.flow import flow_sdedit_noise, flowedit, ode_samplers
 from editing.injection import inject_source_qk, record_source_qk
 from editing.inversion import inverted_steps, progress_label
-from editing.methods import MAX_SOURCE_SECONDS, METHODS, METHODS_BY_PREDICTION, SOURCE_PROMPT_METHODS, WINDOW_OVERLAP
+from editing.methods import (MAX_SOURCE_SECONDS, METHODS, METHODS_BY_PREDICTION, ODE_PREDICTIONS, SOURCE_PROMPT_METHODS,
+                             WINDOW_OVERLAP)
 from editing.repository import AttentionRepository, predicted_bytes
 from editing.windows import join_windows, seam_flux_ratio, seam_positions, window_spans
 from probing.errors import MelodiaError
@@ -106,7 +107,7 @@ class Melodia:
 
     def __init__(self, model, memory_budget_mb: float = 1024.0, profile: LayerProfile | None = None,
                  require_baseline: bool = True):
-        self.flow = model.prediction == "flow"
+        self.flow = model.prediction in ODE_PREDICTIONS  # Euler over sigmas (editing.flow), else DDIM
         if not self.flow and not hasattr(model.scheduler, "alphas_cumprod"):
             raise MelodiaError(f"{model.name}: its {type(model.scheduler).__name__} is neither a DDPM/DDIM-family "
                                "nor a flow-matching scheduler, so neither DDIM nor flow inversion applies "
@@ -176,7 +177,7 @@ class Melodia:
             raise MelodiaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         runs = METHODS_BY_PREDICTION[self.model.prediction]
         if method not in runs:
-            kind = "a flow-matching" if self.flow else "a DDPM-family"
+            kind = {"flow": "a flow-matching", "edm": "an EDM (k-diffusion)"}.get(self.model.prediction, "a DDPM-family")
             raise MelodiaError(f"method {method!r} does not apply to {self.model.name} ({kind} model); "
                                f"choose one of {', '.join(runs)}")
         if method not in SOURCE_PROMPT_METHODS and (source_prompt or source_guidance != 1.0):
@@ -193,8 +194,9 @@ class Melodia:
             source = self.model.encode_prompt([source_prompt], guidance=source_guidance)
             target = self.model.encode_prompt([target_prompt], guidance=guidance)
         edited = []
+        resolved = self.auto_layers() if settings.layers == "auto" else settings.layers
+        label = f"{method} {resolved}" if method == "melodia" else method
         for index, (a, b) in enumerate(spans):
-            label = f"{method} {settings.layers}" if method == "melodia" else method
             with progress_label(label + (f", window {index + 1}/{len(spans)}" if len(spans) > 1 else "")):
                 edited.append(self._edit_window(wave[a:b], settings, modules, source, target, timings, progress))
         audio = join_windows([piece for piece, _ in edited], spans)

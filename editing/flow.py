@@ -6,7 +6,8 @@ over its sigmas s_0 = 1 > ... > s_N = 0. The partial schedule of an edit is the 
 backwards, from the source latent at sigma 0 up to s_k, evaluating v at the *destination* sigma
 of each step, the flow analogue of DDIM inversion: inversion and sampling then visit the same
 timesteps (so the attention repository's keys match), and inverting then sampling with the same
-conditioning returns the latent up to the change of v over one step.
+conditioning returns the latent up to the change of v over one step (with `refine` fixed-point
+iterations per step, up to their convergence: Stable Audio Open's default, see `flow_invert`).
 
 FlowEdit (Kulikov et al., ICCV 2025) is inversion-free: from z_edit = source latent, each step
 draws z_src = (1 - s) x_src + s eps, moves z_tar = z_edit + z_src - x_src and adds
@@ -25,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from editing.baselines import cpu_randn
+from editing.methods import ODE_PREDICTIONS
 from editing.inversion import StepCallback, ddim_invert, ddim_sample, inverted_steps, labelled, run_steps
 from probing.models.base import Conditioning, DiffusionModel
 from probing.models.flow import FlowModel
@@ -44,11 +46,27 @@ def _euler(sigmas: torch.Tensor):
 
 
 def flow_invert(model: FlowModel, z0: torch.Tensor, cond: Conditioning, steps: int, t_start: float = 1.0,
-                guidance: float = 1.0, on_step: StepCallback | None = None, progress: bool = False) -> torch.Tensor:
-    """z0 -> z at sigma s_k, the start of the last `t_start` of a `steps`-step schedule (deterministic)."""
+                guidance: float = 1.0, on_step: StepCallback | None = None, progress: bool = False,
+                refine: int | None = None) -> torch.Tensor:
+    """z0 -> z at sigma s_k, the start of the last `t_start` of a `steps`-step schedule (deterministic).
+
+    `refine` fixed-point iterations per step (default: the model's `inversion_refinements`) re-evaluate
+    the derivative at the step's own result, converging to the latent that the sampler's Euler step
+    maps back exactly (the fixed-point inversion of Pan et al. 2023 / ReNoise, Garibi et al. 2024);
+    the source Q/K recorded at a timestep are then the last evaluation's.
+    """
     sigmas = partial_sigmas(model, steps, t_start).flip(0)  # 0 = s_N < ... < s_k
     timesteps = torch.stack([model.timestep_for(s) for s in sigmas[1:]])  # each step's destination
-    return run_steps(model, timesteps, z0, cond, guidance, _euler(sigmas), on_step, "inverting", progress)
+    euler, refine = _euler(sigmas), model.inversion_refinements if refine is None else refine
+
+    def step(index: int, v: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
+        landed = euler(index, v, t, latents)
+        for _ in range(refine):
+            with torch.no_grad():
+                landed = euler(index, model.predict_noise(landed, t, cond, guidance), t, latents)
+        return landed
+
+    return run_steps(model, timesteps, z0, cond, guidance, step, on_step, "inverting", progress)
 
 
 def flow_sample(model: FlowModel, zt: torch.Tensor, cond: Conditioning, steps: int, t_start: float = 1.0,
@@ -61,10 +79,9 @@ def flow_sample(model: FlowModel, zt: torch.Tensor, cond: Conditioning, steps: i
 
 def flow_sdedit_noise(model: FlowModel, z0: torch.Tensor, steps: int, t_start: float,
                       generator: torch.Generator) -> torch.Tensor:
-    """SDEdit's start on the flow path: (1 - s_k) z0 + s_k eps."""
+    """SDEdit's start on the model's path at s_k: (1 - s_k) z0 + s_k eps (rectified flow), z0 + s_k eps (EDM)."""
     sigma = partial_sigmas(model, steps, t_start)[0].to(z0.dtype)
-    noise = cpu_randn(z0, generator)
-    return (1 - sigma) * z0 + sigma * noise
+    return model.noised(z0, cpu_randn(z0, generator), sigma)
 
 
 def flowedit(model: FlowModel, z0: torch.Tensor, source: Conditioning, target: Conditioning, steps: int,
@@ -75,8 +92,7 @@ def flowedit(model: FlowModel, z0: torch.Tensor, source: Conditioning, target: C
     z_edit = z0
     for index in tqdm(range(len(sigmas) - 1), desc=labelled("denoising"), disable=not progress, leave=False):
         sigma, t = sigmas[index].to(z0.dtype), model.timestep_for(sigmas[index])
-        noise = cpu_randn(z0, generator)
-        z_source = (1 - sigma) * z0 + sigma * noise
+        z_source = model.noised(z0, cpu_randn(z0, generator), sigma)
         z_target = z_source + (z_edit - z0)  # exactly z_source while the edit has not moved
         with torch.no_grad():
             delta = (model.predict_noise(z_target, t, target, guidance)
@@ -86,8 +102,8 @@ def flowedit(model: FlowModel, z0: torch.Tensor, source: Conditioning, target: C
 
 
 def ode_samplers(model: DiffusionModel) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
-    """The deterministic (invert, sample) pair of a model's kind: the flow Euler ODE, or DDIM.
+    """The deterministic (invert, sample) pair of a model's kind: Euler over its sigmas (flow, EDM), or DDIM.
 
     Both take (model, latents, cond, steps, t_start, guidance=1.0, on_step=None, progress=False).
     """
-    return (flow_invert, flow_sample) if model.prediction == "flow" else (ddim_invert, ddim_sample)
+    return (flow_invert, flow_sample) if model.prediction in ODE_PREDICTIONS else (ddim_invert, ddim_sample)

@@ -9,7 +9,9 @@ from __future__ import annotations
 METHODS = ("melodia", "inversion", "ddim", "sdedit", "ddpm-friendly", "flowedit")
 # Which methods each kind of model runs ("inversion" is "ddim" on DDPM-family models).
 METHODS_BY_PREDICTION = {"epsilon": ("melodia", "inversion", "ddim", "sdedit", "ddpm-friendly"),
-                         "flow": ("melodia", "inversion", "sdedit", "flowedit")}
+                         "flow": ("melodia", "inversion", "sdedit", "flowedit"),
+                         "edm": ("melodia", "inversion", "sdedit")}  # Stable Audio Open's ODE in sigma
+ODE_PREDICTIONS = ("flow", "edm")  # edited by Euler over the adapter's sigmas (editing.flow)
 SOURCE_PROMPT_METHODS = ("ddpm-friendly", "flowedit")  # the methods that take a source description
 WINDOW_OVERLAP = 0.25  # of the model's window, for sources longer than it
 MAX_SOURCE_SECONDS = 600.0

@@ -47,6 +47,9 @@ class AttentionRepository:
     def put(self, timestep: float, path: str, query: torch.Tensor, key: torch.Tensor) -> None:
         """Store a copy of the source Q/K of `path` at `timestep` (in memory while the budget allows)."""
         size = (query.numel() + key.numel()) * query.element_size()
+        replaced = self.memory.pop((timestep, path), None)  # a refined inversion step records again: last wins
+        if replaced is not None:
+            self.memory_bytes -= sum(t.numel() * t.element_size() for t in replaced)
         if self.memory_bytes + size <= self.budget and not self.on_disk:
             self.memory[(timestep, path)] = (query.detach().clone(), key.detach().clone())
             self.memory_bytes += size

@@ -52,6 +52,14 @@ def untrained_testbed_dit():
     return TestbedDiTModel(pipe, "testbed-dit-untrained")
 
 
+@pytest.fixture(scope="session")
+def tiny_stable_audio():
+    """Stable Audio Open's pipeline with a tiny config and random weights (offline)."""
+    from probing.models import load_model
+
+    return load_model("tiny-stable-audio")
+
+
 def all_hooks(model) -> int:
     """How many forward hooks/pre-hooks sit on the denoiser and every attention module and projection."""
     modules = [model.denoiser]

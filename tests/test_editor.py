@@ -29,10 +29,12 @@ def editor(untrained_testbed) -> Melodia:
     return Melodia(untrained_testbed)
 
 
-# Both kinds of model: the UNet testbed (DDIM inversion) and the DiT testbed (flow ODE inversion).
+# Every kind of model: the UNet testbed (DDIM inversion), the DiT testbed (flow ODE inversion) and Stable
+# Audio Open (its EDM ODE in sigma, inverted with fixed-point refinement).
 KINDS = pytest.mark.parametrize("kind", [("untrained_testbed", "ddim", "self:8-14", 7),
-                                         ("untrained_testbed_dit", "inversion", "self:6-10", 5)],
-                                ids=["ddim", "flow"])
+                                         ("untrained_testbed_dit", "inversion", "self:6-10", 5),
+                                         ("tiny_stable_audio", "inversion", "self:1-2", 2)],
+                                ids=["ddim", "flow", "edm"])
 
 
 @KINDS
@@ -49,7 +51,7 @@ def test_without_injection_the_editor_is_its_baseline_bit_for_bit(kind, source, 
 @KINDS
 def test_injected_modules_see_the_sources_q_and_k_at_the_same_timesteps(kind, source, request):
     model = request.getfixturevalue(kind[0])
-    modules = Melodia(model).injected_modules("self:5-6")
+    modules = Melodia(model).injected_modules(kind[2])
     invert, sample = ode_samplers(model)
     z0 = model.encode_audio(source)
     empty, target = model.encode_prompt([""], 1.0), model.encode_prompt([PROMPT], 3.5)

@@ -10,14 +10,16 @@ from editing.methods import MAX_SOURCE_SECONDS, METHODS
 HELP = """Edit a clip towards a text prompt (Melodia: source self-attention Q/K injected while denoising).
 
 The source is inverted with the empty prompt to --t-start (a fraction of the schedule: DDIM
-inversion on DDPM-family models, Euler ODE inversion on flow-matching ones); the edit
+inversion on DDPM-family models, Euler ODE inversion on flow-matching ones and on Stable Audio
+Open's EDM sampler, the latter refined by fixed-point iterations); the edit
 denoises from there with the target prompt only (no description of the source needed), the
 chosen self-attention layers using the source's Q and K. Writes OUT.wav and OUT.json (settings,
 model, timings, seam report); --plot adds source/edited spectrograms side by side. A source longer
 than the model's window is edited in windows overlapping by 25 %, joined by crossfades.
 
 layers: auto (with --profile: the band the profile selects; else the model's documented default,
-        AudioLDM 2 and the testbed: self:8-14, testbed-dit: self:6-10),
+        AudioLDM 2 and the testbed: self:8-14, testbed-dit: self:6-10, Stable Audio Open and
+        ACE-Step: self:11-21),
         a layer spec (self:8-14, self:10-12, up, ...; see `melodia layers`), or none
 method: melodia (injection)
         | inversion (inversion + regeneration, no injection: the baseline; on DDIM models also `ddim`)

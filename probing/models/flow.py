@@ -1,4 +1,5 @@
-"""The flow-matching side of the adapter protocol (ACE-Step, Stable Audio 3, LongCat, the DiT testbed).
+"""The ODE-in-sigma side of the adapter protocol (ACE-Step, Stable Audio 3, LongCat, the DiT testbed;
+Stable Audio Open's EDM parametrisation through the same interface, `prediction = "edm"`).
 
 A flow model's sampler integrates dx/dsigma from sigma = 1 (noise) to 0 (data) with Euler steps:
 x_next = x + (sigma_next - sigma) * v, the `FlowMatchEulerDiscreteScheduler` convention. An adapter
@@ -6,6 +7,11 @@ gives the pipeline's exact sigma schedule (`flow_sigmas`, shift included), the t
 denoiser receives at a sigma (`timestep_for`) and `predict_noise`, which returns v with the
 pipeline's own classifier-free guidance, in that sign convention whatever the family's own. Euler
 over these three reproduces the pipeline's `__call__` (each family's tests check it).
+
+A k-diffusion/EDM model (x = x0 + sigma eps, sigma from sigma_max down to 0; Stable Audio Open) has
+the same probability-flow ODE form with dx/dsigma = (x - D(x, sigma)) / sigma, D the preconditioned
+denoiser; its adapter returns that derivative from `predict_noise` and its own `noised` path, and
+the editor's Euler inversion and sampling run unchanged (`prediction = "edm"`).
 
 Examples:
     >>> model = load_model("testbed-dit")
@@ -26,6 +32,8 @@ class FlowModel(DiffusionModel):
     """A `DiffusionModel` whose scheduler is a flow-matching Euler sampler."""
 
     prediction: ClassVar[str] = "flow"
+    # fixed-point iterations per inversion step (editing.flow.flow_invert): 0 = the explicit step
+    inversion_refinements: ClassVar[int] = 0
 
     @abstractmethod
     def flow_sigmas(self, steps: int) -> torch.Tensor:
@@ -42,3 +50,7 @@ class FlowModel(DiffusionModel):
     def scale_model_input(self, latents: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """Flow-matching pipelines feed the latents unscaled."""
         return latents
+
+    def noised(self, z0: torch.Tensor, noise: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+        """The latent at `sigma` on the path from `z0` to `noise` (rectified flow: (1 - sigma) z0 + sigma noise)."""
+        return (1 - sigma) * z0 + sigma * noise
