@@ -107,3 +107,13 @@ def test_progress_bars_name_the_method_and_its_layers(editor, source, capsys):
     assert "melodia self:8-14: inverting" in bars and "melodia self:8-14: denoising" in bars
     editor.edit(source, PROMPT, method="sdedit", steps=3, progress=True)
     assert "sdedit: denoising" in capsys.readouterr().err
+
+
+def test_a_timestep_recorded_again_replaces_its_q_and_k_without_counting_them_twice():
+    """A refined inversion step (Stable Audio Open) records a module several times per timestep: the last wins."""
+    first, last = torch.zeros(1, 4, 8), torch.ones(1, 4, 8)
+    with AttentionRepository() as repository:
+        repository.put(0.5, "attn1", first, first)
+        repository.put(0.5, "attn1", last, last)
+        assert repository.nbytes == 2 * last.numel() * last.element_size()
+        assert torch.equal(repository.get(0.5, "attn1")[0], last)
