@@ -13,7 +13,6 @@ Examples:
 """
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass
 
@@ -162,8 +161,3 @@ def _parse_one(text: str, spec: str, table: LayerTable) -> set[tuple[str, int]]:
                 raise MelodiaError(f"bad layer spec {spec!r}: {table.model} has layers 1-{n} ({_SPEC_HELP})")
             layers |= set(range(low, high + 1))
     return {(kind, layer) for kind in chosen_kinds for layer in layers}
-
-
-def save_layer_table(table: LayerTable, path) -> None:
-    with open(path, "w") as f:
-        json.dump(table.to_json(), f, indent=1)

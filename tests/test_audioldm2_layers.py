@@ -1,6 +1,6 @@
 """The layer table of the real `cvssp/audioldm2-music` UNet (pinned config, built on the meta device).
 
-The expected table is derived here from the architecture (DESIGN section 11), not pasted from the
+The expected table is derived here from the architecture (docs/audioldm2-layers.md), not pasted from the
 code under test: 16 positions in forward order, 3 transformers each (self only, GPT-2 cross, T5 cross),
 8 heads everywhere, and the query tokens of a 10.24 s clip (latent 8 x 256 x 16).
 """

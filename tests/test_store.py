@@ -1,4 +1,4 @@
-"""Specification of probing/store.py, the Zarr v3 capture store (DESIGN section 5)."""
+"""Specification of probing/store.py, the Zarr v3 capture store (docs/store.md)."""
 from __future__ import annotations
 
 import importlib.util

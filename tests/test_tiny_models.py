@@ -196,7 +196,7 @@ def test_unknown_names_are_refused_with_the_valid_ones(tmp_path):
 
 
 def test_real_audioldm2_music_unet_config_on_meta_device():
-    """346.9M parameters, 96 attention modules (64 self, 32 cross), 8 heads each (DESIGN section 11)."""
+    """346.9M parameters, 96 attention modules (64 self, 32 cross), 8 heads each (docs/audioldm2-layers.md)."""
     config = load_reference_config("audioldm2_music_unet")
     with torch.device("meta"):
         unet = AudioLDM2UNet2DConditionModel.from_config(config)

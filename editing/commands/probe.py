@@ -70,50 +70,6 @@ def _settings(args):
     return replace(ProbeSettings(), **{k: v for k, v in given.items() if v is not None})
 
 
-def _cell(profile, attribute: str, target: str, family: str, split: str) -> str:
-    s = profile.score(attribute, target, features=family, split=split)
-    if s is None:
-        return "-"
-    random = profile.score(attribute, target, random_denoiser=True, features=family, split=split)
-    return (f"{s.accuracy:.0%} [{s.ci[0]:.0%}-{s.ci[1]:.0%}]" + (f" r{random.accuracy:.0%}" if random else "")
-            + f" c{s.control:.0%}")
-
-
-def format_profile(profile, selection) -> str:
-    """Plain-text tables: per split, attribute and layer, each feature family's accuracy with its CI,
-    random-denoiser baseline (r) and control (c); then the selection (or why there is none)."""
-    columns = [("self", f) for f in profile.families("self")] + [("cross", f) for f in profile.families("cross")]
-    lines = []
-    for split in profile.splits:
-        for attribute, classes in profile.attributes.items():
-            control = profile.score(attribute, f"{columns[0][0]}:1", features=columns[0][1], split=split)
-            lines.append(f"{attribute} ({len(classes)} classes, chance {1 / len(classes):.1%}), split {split}: "
-                         "balanced accuracy [95% CI], r = random denoiser, c = control"
-                         + (f" (chance {control.control_chance:.0%})" if control else ""))
-            lines.append(f"{'layer':>5}  " + "  ".join(f"{f'{kind}/{family}':>26}" for kind, family in columns))
-            for layer in range(1, profile.n_layers + 1):
-                cells = [_cell(profile, attribute, f"{kind}:{layer}", family, split) for kind, family in columns]
-                lines.append(f"{layer:>5}  " + "  ".join(f"{c:>26}" for c in cells))
-            text = profile.score(attribute, "text", split=split)
-            if text is not None:
-                lines.append(f"{'text':>5}  text embedding alone: {text.accuracy:.0%} "
-                             f"[{text.ci[0]:.0%}-{text.ci[1]:.0%}]")
-            lines.append("")
-    lines.append("best layer per split, attribute, kind and feature family (r = random denoiser at that layer, "
-                 "c = control):")
-    for row in profile.best_layers():
-        random = "" if row["random_denoiser"] is None else f" r{row['random_denoiser']:.0%}"
-        text = "" if row["text"] is None else f", text {row['text']:.0%}"
-        lines.append(f"  {row['split']:8} {row['attribute']:10} {row['kind'] + '/' + row['features']:10} "
-                     f"{row['layer']:>8} {row['accuracy']:4.0%} [{row['ci'][0]:.0%}-{row['ci'][1]:.0%}]{random} "
-                     f"c{row['control']:.0%} (chance {row['chance']:.0%}{text})")
-    lines.append("")
-    lines.append(selection.explain() if selection else
-                 "no injection band selected: the profile has no random-denoiser baseline (give --random-baseline, "
-                 "or --no-baseline to select without it)")
-    return "\n".join(lines)
-
-
 def run(args) -> None:
     from editing.commands.capture import parse_step_indices
     from probing.protocols import FEATURE_FAMILIES, SPLITS
@@ -129,7 +85,7 @@ def run(args) -> None:
     from probing.errors import MelodiaError
     from probing.features import word_features_unavailable
     from probing.plots import plot_profile
-    from probing.profile import build_profile, labelled
+    from probing.profile import build_profile, format_profile, labelled
     from probing.store import open_capture
 
     store = open_capture(args.store)

@@ -25,7 +25,7 @@ from diffusers import DiffusionPipeline
 
 from probing.models.base import Conditioning, DiffusionModel
 
-# AudioLDM 2's mel front end (its vocoder's input): fixed by the checkpoints, see DESIGN section 11.
+# AudioLDM 2's mel front end (its vocoder's input): fixed by the checkpoints, see docs/audioldm2-layers.md.
 SAMPLE_RATE, N_FFT, HOP, N_MELS, F_MAX = 16000, 1024, 160, 64, 8000.0
 GENERATED_TOKENS = 8  # GPT-2 tokens AudioLDM 2 generates (language_model.config.max_new_tokens)
 DUMMY_T5_TOKENS = 16  # T5 length without a tokenizer (reference table on the meta device)
