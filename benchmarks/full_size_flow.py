@@ -1,6 +1,6 @@
-"""Capture and edit overhead per denoiser forward on the full-size flow-matching DiTs (random weights).
+"""Capture and edit overhead per denoiser forward on the full-size DiTs edited by ODE (random weights).
 
-    python benchmarks/full_size_flow.py                                   # ACE-Step 1.5, Stable Audio 3, LongCat
+    python benchmarks/full_size_flow.py                  # ACE-Step 1.5, Stable Audio 3, LongCat, Stable Audio Open
     python benchmarks/full_size_flow.py --families ace-step --seconds 10 --repeats 3
 
 Each family's real denoiser is built from its pinned config (probing/models/configs) with random
@@ -11,7 +11,7 @@ alternating arms in one run, fastest of --repeats:
   record   : the inversion's batch 1 with the default edit layers' Q/K stored / plain;
   inject   : the CFG batch with those layers' Q/K replaced by the stored ones / plain.
 A whole edit is inversion forwards (record) + denoising forwards (inject), so its overhead lies
-between those two ratios. Ratios of this process's CPU time are printed next to wall time.
+between those two ratios (Stable Audio Open's inversion runs 1 + 4 refinement forwards per step). Ratios of this process's CPU time are printed next to wall time.
 """
 from __future__ import annotations
 
@@ -30,7 +30,8 @@ from probing.recorder import AttentionRecorder
 
 FAMILIES = {"ace-step": ("tiny-ace-step", "ace_step_transformer"),
             "stable-audio-3": ("tiny-stable-audio-3", "stable_audio_3_transformer"),
-            "longcat": ("tiny-longcat", "longcat_audio_dit_transformer")}
+            "longcat": ("tiny-longcat", "longcat_audio_dit_transformer"),
+            "stable-audio": ("tiny-stable-audio", "stable_audio_open_transformer")}  # its latent: the 47.55 s window
 
 
 def full_size(family: str, seconds: float):

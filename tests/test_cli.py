@@ -193,3 +193,29 @@ def test_eval_refuses_bad_input_in_one_line(capsys, tmp_path, eval_clips, option
     code, out, err = run(capsys, "eval", *[item for pair in arguments.items() for item in pair])
     assert_one_line_error(code, err, needle)
     assert out == ""
+
+
+# ---- one spelling per idea; the old spellings still work -------------------------------------------
+
+def test_layers_takes_model_as_an_option_and_still_as_a_word(capsys, untrained_testbed_dir):
+    code, by_option, _ = run(capsys, "layers", "--model", untrained_testbed_dir, "--json")
+    assert code == 0
+    code, by_word, _ = run(capsys, "layers", untrained_testbed_dir, "--json")
+    assert code == 0 and by_word == by_option and '"n_layers": 16' in by_option
+    code, _, err = run(capsys, "layers", "testbed", "--model", untrained_testbed_dir)
+    assert_one_line_error(code, err, "two models given")
+
+
+def test_bench_writes_to_output_and_still_to_the_old_out(capsys, tmp_path):
+    code, _, err = run(capsys, "bench", "--summarize")
+    assert_one_line_error(code, err, "-o/--output DIR")
+    for spelling in ("--output", "--out"):  # the old spelling reaches the same option
+        code, _, err = run(capsys, "bench", "--summarize", spelling, str(tmp_path / "none"))
+        assert_one_line_error(code, err, "holds no benchmark run")
+
+
+def test_probe_step_indices_keep_their_old_name(capsys, tmp_path):
+    for spelling in ("--step-indices", "--steps"):
+        code, _, err = run(capsys, "probe", str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "p.json"),
+                           spelling, "0,x")
+        assert_one_line_error(code, err, "0,x")

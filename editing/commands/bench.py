@@ -5,7 +5,8 @@ import math
 import sys
 from pathlib import Path
 
-from editing.commands.common import add_model_argument, add_profile_arguments, formatter, load_profile, print_json
+from editing.commands.common import (add_model_argument, add_output_argument, add_profile_arguments, formatter,
+                                     load_profile, print_json)
 
 DEFAULT_METHODS = "melodia,ddim,sdedit,ddpm-friendly"  # on DDPM-family models
 DEFAULT_FLOW_METHODS = "melodia,inversion,sdedit,flowedit"  # on flow-matching models
@@ -44,7 +45,7 @@ examples:
 def add_parser(sub) -> None:
     parser = sub.add_parser("bench", help="benchmark edit methods (or layer bands) on a manifest", **formatter(HELP))
     parser.add_argument("manifest", nargs="?", help="benchmark manifest: shipped name or YAML file")
-    parser.add_argument("-o", "--out", required=True, metavar="DIR", help="output folder (rows, summary, plot)")
+    add_output_argument(parser, "output folder (rows, summary, plot); required", metavar="DIR")
     parser.add_argument("--methods", help=f"comma-separated methods (default {DEFAULT_METHODS}; on "
                         f"flow-matching models {DEFAULT_FLOW_METHODS})")
     parser.add_argument("--ablation", choices=["layers"], help="the layer ablation with melodia instead of methods")
@@ -80,6 +81,10 @@ def _positive(text: str) -> int:
 
 
 def run(args) -> None:
+    if not args.out:  # optional in argparse only so that the old --out spelling can stand in for it
+        from probing.errors import MelodiaError
+
+        raise MelodiaError("give the output folder: -o/--output DIR")
     from editing.bench_summary import summarize
     from editing.benchmark import BenchPlan, EditOptions, Scorer, Shard, parse_sweeps, run_benchmark, swept_conditions
     from editing.editor import Melodia

@@ -22,6 +22,13 @@ def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
+def add_output_argument(parser: argparse.ArgumentParser, help: str, *, metavar: str | None = None,
+                        default: str | None = None, old: str = "--out") -> None:
+    """`-o/--output` into `args.out`; `old` (the spelling scripts used before) still works, unlisted."""
+    parser.add_argument("-o", "--output", dest="out", metavar=metavar, default=default, help=help)
+    parser.add_argument(old, dest="out", metavar=metavar, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def formatter(parser_description: str):
     """Keep the examples in a --help text laid out as written."""
     return {"description": parser_description, "formatter_class": argparse.RawDescriptionHelpFormatter}

@@ -3,19 +3,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from editing.commands.common import formatter, print_json
+from editing.commands.common import add_output_argument, formatter, print_json
 
 HELP = """Synthesize a melody, edit it to another instrument with the testbed, and compare with the ideal.
 
 The synthesizer renders the same score with the target instrument, so every testbed edit has a
-ground truth. Writes into --out: source.wav, melodia.wav, the baseline without injection
+ground truth. Writes into -o DIR: source.wav, melodia.wav, the baseline without injection
 (ddim.wav on the UNet testbed, inversion.wav on the DiT testbed), ideal.wav, comparison.png and
 metrics.json, and prints the metrics.
 
 examples:
   melodia demo
-  melodia demo --source piano --target violin --style waltz --mood happy --seed 3 --out demo/
-  melodia demo --model testbed-dit --steps 25 --out demo-dit/      # the flow-matching DiT testbed
+  melodia demo --source piano --target violin --style waltz --mood happy --seed 3 -o demo/
+  melodia demo --model testbed-dit --steps 25 -o demo-dit/      # the flow-matching DiT testbed
 """
 
 
@@ -30,7 +30,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--seed", type=int, default=3, help="score seed: the melody")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--t-start", type=float, default=0.6)
-    parser.add_argument("--out", default="demo", help="output folder (default: demo/)")
+    add_output_argument(parser, "output folder (default: demo/)", metavar="DIR", default="demo")
     parser.add_argument("--json", action="store_true")
     parser.set_defaults(run=run)
 

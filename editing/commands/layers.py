@@ -1,6 +1,8 @@
 """`melodia layers`: the layer table of a model (numbers, module paths, kinds, heads, tokens)."""
 from __future__ import annotations
 
+import argparse
+
 from editing.commands.common import add_profile_arguments, formatter, load_profile, print_json
 
 HELP = """Print a model's attention layers, measured by one forward pass.
@@ -10,17 +12,18 @@ cross-attention modules (kind decided by what they attend to at run time). Layer
 self:8-14 select from this table.
 
 examples:
-  melodia layers testbed
-  melodia layers tiny-audioldm2 --json
-  melodia layers testbed --select self:8-14
+  melodia layers --model testbed                 # (`melodia layers testbed` works too)
+  melodia layers --model tiny-audioldm2 --json
+  melodia layers --model testbed --select self:8-14
   melodia layers --reference --select self:8-14    # the real cvssp/audioldm2-music UNet, no download
-  melodia layers testbed --profile profile.json     # the band `--layers auto` injects, and why
+  melodia layers --model testbed --profile profile.json     # the band `--layers auto` injects, and why
 """
 
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("layers", help="print the layer table", **formatter(HELP))
-    parser.add_argument("model", nargs="?", default="testbed", help="model name, folder or hub id")
+    parser.add_argument("model_positional", nargs="?", metavar="MODEL", help=argparse.SUPPRESS)  # the old spelling
+    parser.add_argument("--model", default=None, metavar="M", help="model name, folder or hub id (default testbed)")
     parser.add_argument("--select", metavar="SPEC", help="only the modules a layer spec selects")
     parser.add_argument("--reference", action="store_true",
                         help="the real cvssp/audioldm2-music UNet built from its pinned config on the meta "
@@ -33,8 +36,13 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> None:
+    from probing.errors import MelodiaError
     from probing.layers import LayerTable, measure_layer_table
-    from probing.models import load_model
+    from probing.models import DEFAULT_MODEL, load_model
+
+    if args.model and args.model_positional and args.model != args.model_positional:
+        raise MelodiaError(f"two models given ({args.model_positional} and --model {args.model}): give one")
+    args.model = args.model or args.model_positional or DEFAULT_MODEL
 
     profile = load_profile(args)  # before the model loads
     if args.reference:

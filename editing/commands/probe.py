@@ -1,6 +1,8 @@
 """`melodia probe`: train probes on a capture store and write the layer profile (JSON + plot)."""
 from __future__ import annotations
 
+import argparse
+
 from editing.commands.common import check_output, formatter, print_json
 
 HELP = """Which layers encode instrument, style and mood? Train one probe per layer x kind x attribute.
@@ -42,7 +44,9 @@ def add_parser(sub) -> None:
     parser.add_argument("--features", default="all",
                         help="feature families, comma separated: flat, word, keys (default all the store supports)")
     parser.add_argument("--attributes", help="comma-separated labels to probe (default: all in the store)")
-    parser.add_argument("--steps", default="all", help="stored step indices to pool, e.g. 0,1 (default all)")
+    parser.add_argument("--step-indices", default="all", metavar="I,J",
+                        help="stored step indices to pool, e.g. 0,1 (default all)")
+    parser.add_argument("--steps", dest="step_indices", default=argparse.SUPPRESS, help=argparse.SUPPRESS)  # old name
     parser.add_argument("--hidden", type=int, default=None, help="MLP width (default 32; 0 makes the MLP probe linear too)")
     parser.add_argument("--components", type=int, default=None, help="principal components per layer (default 64)")
     parser.add_argument("--folds", type=int, default=None, help="grouped CV folds (default 5)")
@@ -76,7 +80,7 @@ def run(args) -> None:
 
     splits = _choices(args.split, SPLITS, "--split")  # the options first: one line, before anything loads
     families = None if args.features == "all" else _choices(args.features, FEATURE_FAMILIES, "--features")
-    steps = parse_step_indices(args.steps)
+    steps = parse_step_indices(args.step_indices)
     check_output(args.output, ".json")
     if args.plot:
         check_output(args.plot, ".png")
