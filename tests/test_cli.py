@@ -219,3 +219,20 @@ def test_probe_step_indices_keep_their_old_name(capsys, tmp_path):
         code, _, err = run(capsys, "probe", str(tmp_path / "missing.zarr"), "-o", str(tmp_path / "p.json"),
                            spelling, "0,x")
         assert_one_line_error(code, err, "0,x")
+
+
+@pytest.mark.slow
+def test_the_demo_writes_every_clip_the_comparison_and_metrics(capsys, tmp_path):
+    """The README's main command (fewer steps): files, and metrics that mean what they say."""
+    import json
+
+    code, out, err = run(capsys, "demo", "-o", str(tmp_path / "demo"), "--steps", "6")
+    assert code == 0, err
+    folder = tmp_path / "demo"
+    clips = json.loads((folder / "metrics.json").read_text())["clips"]
+    assert list(clips) == ["source", "melodia", "ddim", "ideal"]
+    assert all((folder / f"{name}.wav").stat().st_size > 50_000 for name in clips)
+    assert (folder / "comparison.png").stat().st_size > 20_000
+    assert clips["source"]["chroma_similarity_to_source"] == pytest.approx(1.0)
+    assert clips["source"]["melody_raw_chroma_to_source"] == 1.0 and clips["ideal"]["classifier_instrument"] == "violin"
+    assert "melody vs source ↑" in out and "log-mel to ideal ↓" in out

@@ -39,7 +39,7 @@ def run(args) -> None:
     from editing.audio import write_wav
     from probing.paths import write_json
     from editing.editor import Melodia
-    from editing.metrics import chroma_similarity, log_mel_distance
+    from editing.metrics import chroma_similarity, log_mel_distance, melody_accuracy
     from editing.plots import plot_spectrograms
     from probing.errors import MelodiaError
     from probing.models import load_model
@@ -65,6 +65,7 @@ def run(args) -> None:
     for name, wave in clips.items():
         metrics["clips"][name] = {"classifier_instrument": classifier.predict(wave, sr, "instrument"),
                                   "chroma_similarity_to_source": chroma_similarity(source, wave, sr),
+                                  "melody_raw_chroma_to_source": melody_accuracy(source, wave, sr).raw_chroma,
                                   "log_mel_distance_to_ideal": log_mel_distance(wave, ideal, sr)}
     out = Path(args.out)
     for name, wave in clips.items():
@@ -75,9 +76,11 @@ def run(args) -> None:
         print_json(metrics)
         return
     print(f"{args.source} -> {args.target} ({args.style}, {args.mood}, melody seed {args.seed}): '{prompt}'")
-    print(f"{'clip':9s} {'classifier says':>16s} {'chroma vs source ↑':>19s} {'log-mel to ideal ↓':>19s}")
+    print(f"{'clip':9s} {'classifier says':>16s} {'chroma vs source ↑':>19s} {'melody vs source ↑':>19s} "
+          f"{'log-mel to ideal ↓':>19s}")
     for name, row in metrics["clips"].items():
         print(f"{name:9s} {row['classifier_instrument']:>16s} {row['chroma_similarity_to_source']:>19.3f} "
-              f"{row['log_mel_distance_to_ideal']:>19.3f}")
-    print("↑ higher is better (1 = the source's pitch classes at the same times); ↓ lower is better (0 = the ideal)")
+              f"{row['melody_raw_chroma_to_source']:>19.3f} {row['log_mel_distance_to_ideal']:>19.3f}")
+    print("↑ higher is better (chroma: 1 = the source's pitch classes at the same times; melody: the share of the "
+          "source's voiced 10 ms frames whose pitch class the clip keeps); ↓ lower is better (0 = the ideal)")
     print(f"wrote {out}/: {', '.join(f'{n}.wav' for n in clips)}, comparison.png, metrics.json")
