@@ -190,3 +190,21 @@ def test_unet_refuses_audio_with_one_clear_line():
     for call in (lambda: model.encode_audio(np.zeros(100, np.float32)), lambda: model.decode(torch.zeros(1, 4, 2, 2))):
         with pytest.raises(MelodiaError, match="image pipeline"):
             call()
+
+
+def test_a_pipeline_object_in_memory_gets_its_familys_adapter():
+    """The notebook way in: hand load_model the pipeline you already have; nothing is reloaded."""
+    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+    from probing.errors import MelodiaError
+
+    pipe = tiny("tiny-audioldm2").pipeline
+    model = load_model(pipe)
+    assert model.family == "audioldm2" and model.pipeline is pipe and load_model(pipe, name="mine").name == "mine"
+    unsupported = DDPMPipeline(unet=UNet2DModel(sample_size=8, block_out_channels=(8, 8), norm_num_groups=4,
+                                                down_block_types=("DownBlock2D", "DownBlock2D"),
+                                                up_block_types=("UpBlock2D", "UpBlock2D")), scheduler=DDPMScheduler())
+    with pytest.raises(MelodiaError, match="DDPMPipeline is not supported .*AudioLDM2Pipeline"):
+        load_model(unsupported)
+    with pytest.raises(MelodiaError, match="not a dict"):
+        load_model({})

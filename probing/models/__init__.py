@@ -4,6 +4,7 @@ Examples:
     >>> model = load_model("tiny-audioldm2")          # offline, random weights
     >>> model.family
     'audioldm2'
+    >>> model = load_model(pipe)                      # a diffusers pipeline already in memory (a notebook's)
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from probing.hub import hub_offline
 
 if TYPE_CHECKING:
     import torch
+
+    from diffusers import DiffusionPipeline
 
     from probing.models.base import DiffusionModel
 
@@ -139,9 +142,16 @@ def _not_here(name: str) -> str:
             f"--model DIR, or use an offline model: {', '.join(BUILTIN_NAMES)}")
 
 
-def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "cpu",
-               dtype: torch.dtype | None = None) -> DiffusionModel:
-    """Open a model by name (testbed, tiny-*), local pipeline folder or Hugging Face id (float32 by default)."""
+def load_model(name_or_path: str | DiffusionPipeline = DEFAULT_MODEL, device: str | torch.device = "cpu",
+               dtype: torch.dtype | None = None, name: str | None = None) -> DiffusionModel:
+    """Open a model by name (testbed, tiny-*), local pipeline folder or Hugging Face id (float32 by default),
+    or wrap a diffusers pipeline object already loaded (kept on its own device and dtype).
+
+    >>> pipe = AudioLDM2Pipeline.from_pretrained("cvssp/audioldm2-music")
+    >>> model = load_model(pipe)                      # the AudioLDM 2 adapter around the same object
+    """
+    if not isinstance(name_or_path, (str, Path)):
+        return adapter_for(name_or_path, name)
     import torch
 
     source = _source_for(str(name_or_path))  # a bad name fails here, before torch loads anything
@@ -154,5 +164,21 @@ def load_model(name_or_path: str = DEFAULT_MODEL, device: str | torch.device = "
     return adapter(pipeline.to(device), str(name_or_path))
 
 
-__all__ = ["Conditioning", "DiffusionModel", "ADAPTERS", "load_model", "check_model_name", "TINY_NAMES",
+def adapter_for(pipeline, name: str | None = None) -> DiffusionModel:
+    """The melodia adapter around a diffusers pipeline object, chosen by its class (see ADAPTERS).
+
+    Raises:
+        MelodiaError: the pipeline's class has no adapter (the supported classes are listed).
+    """
+    from diffusers import DiffusionPipeline
+
+    if not isinstance(pipeline, DiffusionPipeline):
+        raise MelodiaError(f"load_model takes a model name, a folder, a hub id or a diffusers pipeline, "
+                           f"not a {type(pipeline).__name__}")
+    class_name = type(pipeline).__name__
+    label = name or getattr(pipeline, "name_or_path", None) or class_name
+    return _adapter_for(class_name, label)(pipeline, label)
+
+
+__all__ = ["Conditioning", "DiffusionModel", "ADAPTERS", "adapter_for", "load_model", "check_model_name", "TINY_NAMES",
            "SHIPPED_NAMES", "DEFAULT_MODEL"]
