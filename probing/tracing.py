@@ -17,12 +17,18 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from probing.errors import MelodiaError
 from probing.maps import Reduction
 from probing.recorder import AttentionRecorder
+
+if TYPE_CHECKING:
+    from diffusers import DiffusionPipeline
+
+    from probing.models.base import DiffusionModel
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,8 @@ class HeatMap:
 class Trace:
     """What `trace` returns: a context manager that records while the pipeline runs. See the module docstring."""
 
-    def __init__(self, model, layers: str = "cross:*", reduction: Reduction = Reduction(grid=None)):
+    def __init__(self, model: DiffusionPipeline | DiffusionModel | str, layers: str = "cross:*",
+                 reduction: Reduction = Reduction(grid=None)):
         from probing.layers import measure_layer_table
         from probing.models import load_model
 
@@ -184,7 +191,8 @@ def _resized(values: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return values[np.ix_(rows, cols)]
 
 
-def trace(pipe_or_model, layers: str = "cross:*", reduction: Reduction = Reduction(grid=None)) -> Trace:
+def trace(pipe_or_model: DiffusionPipeline | DiffusionModel | str, layers: str = "cross:*",
+          reduction: Reduction = Reduction(grid=None)) -> Trace:
     """Record a pipeline's attention while it runs (see the module docstring).
 
     Args:
