@@ -177,7 +177,8 @@ class Melodia:
             raise MelodiaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         runs = METHODS_BY_PREDICTION[self.model.prediction]
         if method not in runs:
-            kind = {"flow": "a flow-matching", "edm": "an EDM (k-diffusion)"}.get(self.model.prediction, "a DDPM-family")
+            kinds = {"flow": "a flow-matching", "edm": "an EDM (k-diffusion)"}
+            kind = kinds.get(self.model.prediction, "a DDPM-family")
             raise MelodiaError(f"method {method!r} does not apply to {self.model.name} ({kind} model); "
                                f"choose one of {', '.join(runs)}")
         if method not in SOURCE_PROMPT_METHODS and (source_prompt or source_guidance != 1.0):

@@ -10,8 +10,9 @@ below (the DDIM inversion approximation). The output is turned into a noise esti
 timestep's alphas, which is what the model was told, and only then stepped as epsilon. diffusers'
 `DDIMInverseScheduler` converts a v or x0 prediction with the alphas of the level below instead,
 which does not undo the sampler: on the v-prediction testbed the round trip to noise and back
-missed by 0.54 log-mel units per latent cell against 0.15 with this conversion (50 steps). `partial_schedule` and `run_steps`
-are the pieces the other samplers (SDEdit, edit-friendly DDPM in `editing.baselines`) share.
+missed by 0.54 log-mel units per latent cell against 0.15 with this conversion (50 steps).
+
+`partial_schedule` and `run_steps` are the pieces the other samplers (SDEdit, edit-friendly DDPM in `editing.baselines`) share.
 
 Examples:
     >>> z0 = model.encode_audio(wave)

@@ -120,7 +120,7 @@ class StableAudioModel(FlowModel):
         if guided and negative is None:  # the unconditional half is all zeros
             text_audio_duration = torch.cat([torch.zeros_like(text_audio_duration), text_audio_duration])
             audio_duration = torch.cat([audio_duration, audio_duration])
-        rotary = self._rotary(self.denoiser.config.sample_size + audio_duration.shape[1])
+        rotary = self._rotary(int(self.denoiser.config.sample_size) + audio_duration.shape[1])
         return Conditioning({"encoder_hidden_states": text_audio_duration, "global_hidden_states": audio_duration,
                              "rotary_embedding": rotary}, guided=guided, prompts=prompts)
 
@@ -185,10 +185,11 @@ class StableAudioModel(FlowModel):
     def dummy_denoiser_inputs(self, batch: int = 1) -> dict[str, Any]:
         config, device, dtype = self.denoiser.config, self.device, self.dtype
         text_tokens = getattr(getattr(self.pipeline, "tokenizer", None), "model_max_length", 128)
-        return {"hidden_states": torch.randn(batch, config.in_channels, config.sample_size, device=device, dtype=dtype),
+        length = int(config.sample_size)  # a float (1024.0) in the real checkpoint's config
+        return {"hidden_states": torch.randn(batch, config.in_channels, length, device=device, dtype=dtype),
                 "timestep": torch.tensor([0.5], device=device),
                 "encoder_hidden_states": torch.randn(batch, text_tokens + TIMING_TOKENS,
                                                      config.cross_attention_input_dim, device=device, dtype=dtype),
                 "global_hidden_states": torch.randn(batch, GLOBAL_TOKENS, config.global_states_input_dim,
                                                     device=device, dtype=dtype),
-                "rotary_embedding": self._rotary(config.sample_size + GLOBAL_TOKENS)}
+                "rotary_embedding": self._rotary(length + GLOBAL_TOKENS)}
