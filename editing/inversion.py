@@ -12,7 +12,8 @@ timestep's alphas, which is what the model was told, and only then stepped as ep
 which does not undo the sampler: on the v-prediction testbed the round trip to noise and back
 missed by 0.54 log-mel units per latent cell against 0.15 with this conversion (50 steps).
 
-`partial_schedule` and `run_steps` are the pieces the other samplers (SDEdit, edit-friendly DDPM in `editing.baselines`) share.
+`partial_schedule` and `run_steps` are the pieces the other samplers (SDEdit, edit-friendly DDPM in
+`editing.baselines`) share.
 
 Examples:
     >>> z0 = model.encode_audio(wave)
