@@ -181,7 +181,10 @@ def paired_markdown(paired: list[dict]) -> str:
     """The paired differences as Markdown tables, one per group; '' when there are none."""
     if not paired:
         return ""
-    lines = ["", f"# Paired differences: condition - {paired[0]['reference']}, same items", "",
+    references = list(dict.fromkeys(p["reference"] for p in paired))
+    against = references[0] if len(references) == 1 else \
+        f"{references[0].partition(SWEEP_MARK)[0]} at the same {references[0].partition(SWEEP_MARK)[2].split('=')[0]}"
+    lines = ["", f"# Paired differences: condition - {against}, same items", "",
              "mean [95 % bootstrap CI over items]; * where the interval excludes 0.", ""]
     metrics = list(dict.fromkeys(p["metric"] for p in paired))
     for group in dict.fromkeys(p["group"] for p in paired):
