@@ -37,14 +37,16 @@ def add_parser(sub) -> None:
 
 def run(args) -> None:
     from probing.errors import MelodiaError
-    from probing.layers import LayerTable, measure_layer_table
-    from probing.models import DEFAULT_MODEL, load_model
+    from probing.models import DEFAULT_MODEL, check_model_name, load_model
 
     if args.model and args.model_positional and args.model != args.model_positional:
         raise MelodiaError(f"two models given ({args.model_positional} and --model {args.model}): give one")
     args.model = args.model or args.model_positional or DEFAULT_MODEL
-
+    if not args.reference:
+        check_model_name(args.model)  # a typo is answered before torch is imported
     profile = load_profile(args)  # before the model loads
+    from probing.layers import LayerTable, measure_layer_table
+
     if args.reference:
         from probing.models.audioldm2 import reference_layer_table
 
