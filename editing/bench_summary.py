@@ -22,7 +22,7 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -55,6 +55,7 @@ class Summary:
     records: list[dict]
     notes: list[str]
     markdown: str
+    files: list[str] = field(default_factory=list)  # what summarize wrote into the folder
 
 
 def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
@@ -81,8 +82,10 @@ def summarize(out: str | Path, plot: bool = True) -> Summary:
         raise MelodiaError(f"{out} holds no finished edits yet: run or resume `melodia bench` first")
     records, notes = summary_records(rows, expected=len(plan["items"]))
     paired = paired_differences(rows)
-    frontier = _frontier(rows, out, plot, title=f"{plan['manifest']} on {plan['model']}: the frontier")
-    summary = Summary(records, notes, markdown(records, notes, plan) + paired_markdown(paired) + frontier)
+    frontier, frontier_files = _frontier(rows, out, plot, title=f"{plan['manifest']} on {plan['model']}: the frontier")
+    summary = Summary(records, notes, markdown(records, notes, plan) + paired_markdown(paired) + frontier,
+                      ["summary.csv", "summary.md", *(["paired.csv"] if paired else []), *(["summary.png"] if plot else []),
+                       *frontier_files])
     _write_csv(records, out / "summary.csv")
     if paired:
         _write_csv(paired, out / "paired.csv")
@@ -94,21 +97,28 @@ def summarize(out: str | Path, plot: bool = True) -> Summary:
     return summary
 
 
-def _frontier(rows: list[dict], out: Path, plot: bool, title: str) -> str:
-    """For a swept run: frontier.csv (matched-adherence gaps), frontier.png, and their Markdown; else ''."""
+def _frontier(rows: list[dict], out: Path, plot: bool, title: str) -> tuple[str, list[str]]:
+    """For a run swept over one setting: frontier.csv (matched-adherence gaps) and frontier.png, their
+    Markdown and the files written; '' and [] otherwise (a stale frontier.csv/png is removed)."""
     from editing.frontier import Y_METRICS, frontier_markdown, is_swept, matched_structure, plot_frontier, x_metric
 
+    for name in ("frontier.csv", "frontier.png"):
+        (out / name).unlink(missing_ok=True)
     if not is_swept(rows):
-        return ""
+        return "", []
+    if any("," in row["condition"].partition(SWEEP_MARK)[2] for row in rows):
+        return "\n- No frontier: the run sweeps several settings at once; sweep one to draw its curves\n", []
     x = x_metric(rows)
     if x is None:
-        return "\n- No frontier: the rows hold no adherence metric (the testbed classifier, or --clap)\n"
+        return "\n- No frontier: the rows hold no adherence metric (the testbed classifier, or --clap)\n", []
     matched = [m for y in Y_METRICS for m in matched_structure(rows, x, y)]
+    written = []
     if matched:
         _write_csv(matched, out / "frontier.csv")
-    if plot:
-        plot_frontier(rows, out / "frontier.png", title)
-    return frontier_markdown(matched)
+        written.append("frontier.csv")
+    if plot and plot_frontier(rows, out / "frontier.png", title) is not None:
+        written.append("frontier.png")
+    return frontier_markdown(matched), written
 
 
 def summary_records(rows: list[dict], expected: int | None = None) -> tuple[list[dict], list[str]]:
@@ -182,8 +192,9 @@ def paired_markdown(paired: list[dict]) -> str:
     if not paired:
         return ""
     references = list(dict.fromkeys(p["reference"] for p in paired))
-    against = references[0] if len(references) == 1 else \
-        f"{references[0].partition(SWEEP_MARK)[0]} at the same {references[0].partition(SWEEP_MARK)[2].split('=')[0]}"
+    base, _, point = references[0].partition(SWEEP_MARK)
+    settings = ", ".join(pair.split("=")[0] for pair in point.split(","))
+    against = references[0] if len(references) == 1 else f"{base} at the same {settings}"
     lines = ["", f"# Paired differences: condition - {against}, same items", "",
              "mean [95 % bootstrap CI over items]; * where the interval excludes 0.", ""]
     metrics = list(dict.fromkeys(p["metric"] for p in paired))

@@ -75,8 +75,8 @@ def parse_sweeps(texts: Sequence[str]) -> list[tuple[tuple[str, float], ...]]:
         except ValueError:
             raise MelodiaError(f"--sweep {text!r}: values must be numbers separated by commas") from None
         low, high, allowed = SWEEPABLE[name]
-        bad = [v for v in numbers if not (low < v <= high)]
-        if bad or len(set(numbers)) < len(numbers):
+        bad = [v for v in numbers if not (math.isfinite(v) and low < v <= high)]
+        if bad or len({f"{v:g}" for v in numbers}) < len(numbers):  # distinct as the condition names show them
             raise MelodiaError(f"--sweep {text!r}: {name} values must be distinct and {allowed}")
         axes.append((name, numbers))
     if not axes:

@@ -87,7 +87,8 @@ class HeatMap:
 
 
 class Trace:
-    """What `trace` returns: a context manager that records while the pipeline runs. See the module docstring."""
+    """What `trace` returns: a context manager that records while the pipeline runs (the last call of the block
+    is kept). See the module docstring."""
 
     def __init__(self, model: DiffusionPipeline | DiffusionModel | str, layers: str = "cross:*",
                  reduction: Reduction = Reduction(grid=None)):
@@ -110,16 +111,23 @@ class Trace:
             if prompt is not None:
                 trace.prompts = [prompt] if isinstance(prompt, str) else list(prompt)
                 trace.recorder.n_prompts = len(trace.prompts)
+            trace.recorder.records = {path: {} for path in trace.recorder.records}  # the last call is kept
             return trace._class.__call__(pipe, *args, **kwargs)
 
         # the same class with a __call__ that notes the prompt: a dunder cannot be patched on the instance
         pipeline.__class__ = type(self._class.__name__, (self._class,), {"__call__": call})
-        self.recorder.__enter__()
+        try:
+            self.recorder.__enter__()
+        except BaseException:
+            pipeline.__class__ = self._class
+            raise
         return self
 
     def __exit__(self, *exc) -> None:
-        self.recorder.__exit__(*exc)
-        self.model.pipeline.__class__ = self._class
+        try:
+            self.recorder.__exit__(*exc)
+        finally:
+            self.model.pipeline.__class__ = self._class
 
     # ---- reading -------------------------------------------------------------------------------
     @property
@@ -139,7 +147,8 @@ class Trace:
                 if not timesteps:
                     raise MelodiaError(f"nothing was recorded for {name}: call the pipeline inside `with trace(...)`")
                 rows = maps[:, -1].astype(np.float32).mean(axis=1)  # the prompt's half, heads averaged
-                return LayerMaps(name, module.path, timesteps, rows, _grid(rows.shape[1], module.grid))
+                grid = _grid(rows.shape[1], self.recorder.reduction.pooled(module.grid))
+                return LayerMaps(name, module.path, timesteps, rows, grid)
         raise MelodiaError(f"no recorded layer {name!r}; recorded: {', '.join(self.layer_names)}")
 
     def word_heat_map(self, word: str, layers: str | None = None) -> HeatMap:
@@ -178,8 +187,9 @@ class Trace:
 
 
 def _grid(queries: int, measured: tuple[int, int]) -> tuple[int, int]:
-    """The (time, freq) grid of `queries` cells: the layer table's frequency cells, time from the call's length
-    (the table was measured on the model's default clip; the user's call may be longer or shorter)."""
+    """The (time, freq) grid of `queries` cells: the layer table's frequency cells (after the reduction's
+    pooling), time from the call's length (the table was measured on the model's default clip; the
+    user's call may be longer or shorter)."""
     freq = measured[1]
     return (queries // freq, freq) if queries % freq == 0 else (queries, 1)
 

@@ -320,8 +320,36 @@ def test_a_sweep_runs_every_condition_at_every_value_and_draws_the_frontier(
 
 @pytest.mark.parametrize("sweep, needle", [("strength=0.5", "cannot sweep 'strength'"),
                                            ("t_start=0.5,1.5", "in (0, 1]"),
+                                           ("t_start=0.6,0.6000001", "distinct"),  # the same name in the tables
+                                           ("guidance=3,inf", "above 0"),
                                            ("guidance=3,x", "numbers separated by commas")])
 def test_a_bad_sweep_is_refused_in_one_line_before_anything_is_written(capsys, tmp_path, sweep, needle):
     code, _, err = bench(capsys, "testbed", "--sweep", sweep, "-o", str(tmp_path / "out"))
     assert_one_line_error(code, err, needle)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_sweep_over_two_settings_gets_no_frontier_and_says_why(tmp_path):
+    from editing.bench_summary import _frontier
+
+    rows = frontier_rows({"a": [(0.2, 0.8), (0.4, 0.6)], "b": [(0.2, 0.7), (0.4, 0.5)]})
+    for row in rows:
+        row["condition"] += ",guidance=3"
+    (tmp_path / "frontier.csv").write_text("stale")
+    note, written = _frontier(rows, tmp_path, plot=True, title="")
+    assert "several settings" in note and written == [] and not (tmp_path / "frontier.csv").exists()
+
+
+def test_bench_on_stable_audio_open_runs_its_own_methods_and_refuses_flowedit_before_writing(capsys, tmp_path):
+    from types import SimpleNamespace
+
+    from editing.commands.bench import _conditions
+    from probing.models import load_model
+
+    editor = Melodia(load_model("tiny-stable-audio"))
+    args = SimpleNamespace(ablation=None, layers="none", methods=None)
+    assert [c.method for c in _conditions(args, editor)] == ["melodia", "inversion", "sdedit"]
+    code, _, err = bench(capsys, "testbed", "--model", "tiny-stable-audio", "--methods", "melodia,flowedit",
+                         "--limit", "1", "--steps", "2", "-o", str(tmp_path / "out"))
+    assert_one_line_error(code, err, "flowedit", "not for tiny-stable-audio")
+    assert not (tmp_path / "out" / "rows.csv").exists()

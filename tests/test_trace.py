@@ -70,3 +70,22 @@ def test_trace_is_the_function_at_the_package_top():
     from probing import trace as top
 
     assert top is trace and callable(probing.trace)
+
+
+def test_an_error_inside_the_block_leaves_the_pipeline_as_it_was_and_only_the_last_call_is_kept(untrained_testbed):
+    pipe, original = untrained_testbed.pipeline, type(untrained_testbed.pipeline)
+    with pytest.raises(ValueError), trace(pipe):
+        raise ValueError("the user's cell failed")
+    assert type(pipe) is original
+    with trace(pipe) as tc:
+        pipe("a sad march played on piano", num_inference_steps=4, guidance_scale=3.0)
+        pipe(PROMPT, num_inference_steps=2, guidance_scale=3.0)
+    assert tc.prompts == [PROMPT] and len(tc["cross:1"].timesteps) == 2  # not 4 + 2
+
+
+def test_a_pooled_reduction_keeps_time_and_frequency_apart(untrained_testbed):
+    from probing.maps import Reduction
+
+    with trace(untrained_testbed, layers="cross:14", reduction=Reduction(grid=(8, 2))) as tc:
+        untrained_testbed.pipeline(PROMPT, num_inference_steps=2, guidance_scale=3.0)
+    assert tc["cross:14"].grid == (8, 2) and tc.word_heat_map("violin").values.shape == (8, 2)

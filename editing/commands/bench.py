@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import math
 import sys
-from pathlib import Path
 
 from editing.commands.common import (add_model_argument, add_output_argument, add_profile_arguments, formatter,
                                      load_profile, print_json)
@@ -47,7 +46,7 @@ def add_parser(sub) -> None:
     parser.add_argument("manifest", nargs="?", help="benchmark manifest: shipped name or YAML file")
     add_output_argument(parser, "output folder (rows, summary, plot); required", metavar="DIR")
     parser.add_argument("--methods", help=f"comma-separated methods (default {DEFAULT_METHODS}; on "
-                        f"flow-matching models {DEFAULT_FLOW_METHODS})")
+                        f"flow-matching models {DEFAULT_FLOW_METHODS}; on Stable Audio Open those but flowedit)")
     parser.add_argument("--ablation", choices=["layers"], help="the layer ablation with melodia instead of methods")
     add_model_argument(parser)
     parser.add_argument("--layers", default="auto", help="melodia's layer spec (default auto: --profile's band, "
@@ -121,8 +120,7 @@ def run(args) -> None:
         print_json({"out": args.out, "records": records, "notes": summary.notes})
         return
     print(summary.markdown, end="")
-    frontier = ", frontier.csv, frontier.png" if (Path(args.out) / "frontier.png").is_file() else ""
-    print(f"wrote {args.out}/summary.csv, summary.md, summary.png{frontier}")
+    print(f"wrote {args.out}/: {', '.join(summary.files)}")
 
 
 def _check_options(args) -> None:
@@ -140,6 +138,14 @@ def _conditions(args, editor) -> list:
         if editor.profile is None:
             print("melodia bench: the 'auto' row is skipped: give --profile (from `melodia probe`)", file=sys.stderr)
         return ablation_conditions(editor.auto_layers() if editor.profile else None)
+    from editing.methods import METHODS_BY_PREDICTION
+    from probing.errors import MelodiaError
+
     layers = editor.auto_layers() if args.layers == "auto" else args.layers
-    default = DEFAULT_FLOW_METHODS if editor.flow else DEFAULT_METHODS
-    return method_conditions((args.methods or default).split(","), layers)
+    runs = METHODS_BY_PREDICTION[editor.model.prediction]
+    default = [m for m in (DEFAULT_FLOW_METHODS if editor.flow else DEFAULT_METHODS).split(",") if m in runs]
+    methods = args.methods.split(",") if args.methods else default
+    foreign = [m for m in methods if m not in runs]
+    if foreign:  # before anything is written
+        raise MelodiaError(f"--methods {','.join(foreign)}: not for {editor.model.name}; it runs {', '.join(runs)}")
+    return method_conditions(methods, layers)

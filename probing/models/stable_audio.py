@@ -32,6 +32,7 @@ import torch
 from diffusers import DiffusionPipeline
 from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed
 
+from probing.errors import MelodiaError
 from probing.models.base import Conditioning
 from probing.models.flow import FlowModel
 
@@ -125,9 +126,17 @@ class StableAudioModel(FlowModel):
                              "rotary_embedding": rotary}, guided=guided, prompts=prompts)
 
     # ---- the probability-flow ODE of the pipeline's EDM parametrisation (see the module docstring) ----------
+    def _edm_scheduler(self):
+        """The pipeline's scheduler, if it is the EDM one the editor's ODE reads (else one clear error)."""
+        scheduler = self.scheduler
+        if not (hasattr(scheduler, "precondition_outputs") and hasattr(scheduler.config, "sigma_data")):
+            raise MelodiaError(f"{self.name}: editing reads Stable Audio Open's EDM preconditioning from its "
+                               f"CosineDPMSolverMultistepScheduler; this pipeline has a {type(scheduler).__name__}")
+        return scheduler
+
     def flow_sigmas(self, steps: int) -> torch.Tensor:
         """The pipeline's sigmas for `steps` steps (sigma_max ... sigma_min), then 0."""
-        scheduler = type(self.scheduler).from_config(self.scheduler.config)
+        scheduler = type(self._edm_scheduler()).from_config(self.scheduler.config)
         scheduler.set_timesteps(steps)
         return torch.cat([scheduler.sigmas[:steps].float(), torch.zeros(1)])
 
@@ -143,16 +152,17 @@ class StableAudioModel(FlowModel):
                       guidance: float) -> torch.Tensor:
         """dx/dsigma = (x - D(x, sigma)) / sigma at the sigma whose c_noise is `t`; CFG on the DiT's output as
         the pipeline applies it (D is linear in it, so guiding D is the same)."""
+        scheduler = self._edm_scheduler()
+        # float32 throughout the preconditioning: sigma reaches 500, whose square overflows float16
         sigma = torch.as_tensor(t, dtype=torch.float32).mul(math.pi / 2).tan().to(latents.device)
-        data = self.scheduler.config.sigma_data
-        c_in = 1 / (sigma**2 + data**2).sqrt()
+        c_in = 1 / (sigma**2 + scheduler.config.sigma_data**2).sqrt()
         batch = torch.cat([latents, latents]) if cond.guided else latents
-        out = self.denoise_call((batch * c_in).to(latents.dtype), t, cond)
+        out = self.denoise_call((batch.float() * c_in).to(latents.dtype), t, cond).float()
         if cond.guided:
             uncond, text = out.chunk(2)
             out = uncond + guidance * (text - uncond)
-        denoised = self.scheduler.precondition_outputs(latents, out, sigma.to(latents.dtype))
-        return (latents - denoised) / sigma.to(latents.dtype)
+        x = latents.float()
+        return ((x - scheduler.precondition_outputs(x, out, sigma)) / sigma).to(latents.dtype)
 
     def denoise_call(self, latents: torch.Tensor, t: torch.Tensor | float, cond: Conditioning) -> torch.Tensor:
         timestep = torch.as_tensor(t, device=latents.device).reshape(1)  # the pipeline passes t.unsqueeze(0)
