@@ -20,9 +20,9 @@ CLAP and LPAPS only with --clap and --lpaps. Writes into -o DIR: rows.csv (appen
 summary.csv, summary.md (mean ± 95 % CI per method, ASB/AMB across methods) and summary.png.
 
 --sweep t_start=0.4,0.6,0.8,1.0 runs every method (or band) at every value (also guidance=...;
-two --sweep give every combination) and adds the frontier: adherence against structure, one
-curve per method, and structure at matched adherence per pair of methods (frontier.png,
-frontier.csv, a table in summary.md).
+two --sweep give every combination, without a frontier) and adds the frontier: adherence against
+structure, one curve per method, and structure at matched adherence per pair of methods
+(frontier.png, frontier.csv, a table in summary.md).
 --ablation layers runs melodia with the paper's layer bands: none, all (self:*), 6-16, 8-14,
 10-12, and auto (the band --profile selects; skipped without --profile).
 --resume skips the edits already in DIR. Under torchrun (RANK, WORLD_SIZE) each rank edits
