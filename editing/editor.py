@@ -33,7 +33,7 @@ from editing.methods import (MAX_SOURCE_SECONDS, METHODS, METHODS_BY_PREDICTION,
 from editing.repository import AttentionRepository, predicted_bytes
 from editing.windows import join_windows, seam_flux_ratio, seam_positions, window_spans
 from probing.errors import MelodiaError
-from probing.layers import LayerTable, ModuleInfo, measure_layer_table
+from probing.layers import LayerTable, ModuleInfo, layer_names, measure_layer_table
 from probing.profile import LayerProfile
 from probing.models.base import Conditioning
 
@@ -56,7 +56,8 @@ class EditSettings:
 
 @dataclass
 class EditResult:
-    """The edited audio with the settings, the injected modules, timings (seconds) and the seam report.
+    """The edited audio with the settings, the injected band (spec, names, module paths), timings (seconds)
+    and the seam report.
 
     `seams`: sample positions of the crossfade centres (empty for a source within one window);
     `seam_flux_ratio` and `source_seam_flux_ratio`: `editing.windows.seam_flux_ratio` of the edit
@@ -72,10 +73,13 @@ class EditResult:
     seams: list[int] = field(default_factory=list)
     seam_flux_ratio: float | None = None
     source_seam_flux_ratio: float | None = None
+    layers: str = "none"  # the injected band as a layer spec ("auto" resolved, e.g. "self:8-14")
+    injected_layers: list[str] = field(default_factory=list)  # the injected modules by name ("self:8", ...)
 
     def summary(self) -> dict:
         """JSON-ready settings, injected modules, timings, repository sizes, seam report and package versions."""
         return {"versions": _versions(), "settings": asdict(self.settings), "sample_rate": self.sample_rate,
+                "layers": self.layers, "injected_layers": self.injected_layers,
                 "injected_modules": self.injected, "timings_s": self.timings,
                 "repository_bytes": self.repository_bytes,
                 "seams": {"positions": self.seams, "flux_ratio": self.seam_flux_ratio,
@@ -205,7 +209,8 @@ class Melodia:
                  "measured": max(measured for _, measured in edited)}  # per window: one repository at a time
         rate = self.model.sample_rate
         return EditResult(audio, rate, settings, [m.path for m in modules], timings, sizes, seam_positions(spans),
-                          seam_flux_ratio(audio, rate, spans), seam_flux_ratio(wave, rate, spans))
+                          seam_flux_ratio(audio, rate, spans), seam_flux_ratio(wave, rate, spans),
+                          resolved if modules else "none", layer_names(modules))
 
     def _edit_window(self, wave: np.ndarray, settings: EditSettings, modules: list[ModuleInfo], source: Conditioning,
                      target: Conditioning, timings: dict[str, float], progress: bool) -> tuple[np.ndarray, int]:

@@ -161,3 +161,11 @@ def _parse_one(text: str, spec: str, table: LayerTable) -> set[tuple[str, int]]:
                 raise MelodiaError(f"bad layer spec {spec!r}: {table.model} has layers 1-{n} ({_SPEC_HELP})")
             layers |= set(range(low, high + 1))
     return {(kind, layer) for kind in chosen_kinds for layer in layers}
+
+
+def layer_names(modules: list[ModuleInfo]) -> list[str]:
+    """The modules by the layer-spec language's names: "self:8", or "self:8/<alias>" where a layer holds several."""
+    counts: dict[tuple[str, int], int] = {}
+    for m in modules:
+        counts[m.kind, m.layer] = counts.get((m.kind, m.layer), 0) + 1
+    return [f"{m.kind}:{m.layer}" + (f"/{m.alias}" if counts[m.kind, m.layer] > 1 else "") for m in modules]

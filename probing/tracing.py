@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from probing.errors import MelodiaError
+from probing.layers import layer_names
 from probing.maps import Reduction
 from probing.recorder import AttentionRecorder
 
@@ -133,11 +134,10 @@ class Trace:
     @property
     def layer_names(self) -> list[str]:
         """The recorded modules by name: "cross:14" (or "cross:14/<alias>" where a layer holds several)."""
-        return [self._name(m) for m in self.recorder.modules]
+        return layer_names(self.recorder.modules)
 
     def _name(self, module) -> str:
-        same = [m for m in self.recorder.modules if m.kind == module.kind and m.layer == module.layer]
-        return f"{module.kind}:{module.layer}" + (f"/{module.alias}" if len(same) > 1 else "")
+        return self.layer_names[self.recorder.modules.index(module)]
 
     def __getitem__(self, name: str) -> LayerMaps:
         """The maps of one recorded module by name (see `layer_names`) or module path."""

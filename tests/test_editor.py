@@ -117,3 +117,11 @@ def test_a_timestep_recorded_again_replaces_its_q_and_k_without_counting_them_tw
         repository.put(0.5, "attn1", last, last)
         assert repository.nbytes == 2 * last.numel() * last.element_size()
         assert torch.equal(repository.get(0.5, "attn1")[0], last)
+
+
+def test_the_result_names_the_injected_band_as_the_layer_spec_language_does(editor, source):
+    result = editor.edit(source, PROMPT, layers="auto", steps=3)  # no profile: the family default
+    summary = result.summary()
+    assert summary["layers"] == "self:8-14" and summary["injected_layers"] == [f"self:{n}" for n in range(8, 15)]
+    assert len(summary["injected_modules"]) == 7
+    assert editor.edit(source, PROMPT, layers="none", steps=3).summary()["layers"] == "none"
