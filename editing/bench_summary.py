@@ -288,7 +288,7 @@ def _write_csv(records: list[dict], path: Path) -> None:
 
 def plot_summary(records: list[dict], path: str | Path, title: str = "") -> Path:
     """One bar chart per metric (and balance score) with a bar per condition and its 95 % CI."""
-    from probing.plots import pyplot, save_figure
+    from probing.plots import pyplot, write_figure
 
     panels = [(m, _label(TABLE_METRICS[m]), f"{m}_mean", f"{m}_ci95") for m in TABLE_METRICS
               if any(math.isfinite(r[f"{m}_mean"]) for r in records)]
@@ -311,8 +311,4 @@ def plot_summary(records: list[dict], path: str | Path, title: str = "") -> Path
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     figure.suptitle(title)
-    try:
-        save_figure(figure, path)
-    finally:
-        plt.close(figure)
-    return Path(path)
+    return write_figure(figure, path)

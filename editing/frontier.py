@@ -142,7 +142,7 @@ def frontier_markdown(matched: list[dict]) -> str:
 def plot_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path | None:
     """One panel per structure metric the rows hold: adherence (x) against it (y), a curve per method,
     each point labelled with its sweep value; None when the rows hold no adherence metric."""
-    from probing.plots import pyplot, save_figure
+    from probing.plots import pyplot, write_figure
 
     x = x_metric(rows)
     metrics = [m for m in Y_METRICS if any(row.get(m) for row in rows)]
@@ -166,8 +166,4 @@ def plot_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path |
                       title_fontsize=8)
     if title:
         figure.suptitle(title)
-    try:
-        save_figure(figure, path)
-    finally:
-        plt.close(figure)
-    return Path(path)
+    return write_figure(figure, path)

@@ -10,7 +10,7 @@ from pathlib import Path
 import librosa
 import numpy as np
 
-from probing.plots import pyplot, save_figure
+from probing.plots import pyplot, write_figure
 
 
 def plot_spectrograms(clips: dict[str, np.ndarray], sr: int, path: str | Path, title: str = "") -> Path:
@@ -31,8 +31,4 @@ def plot_spectrograms(clips: dict[str, np.ndarray], sr: int, path: str | Path, t
     fig.colorbar(image, ax=axes[0].tolist(), label="dB", fraction=0.02)
     if title:
         fig.suptitle(title)
-    try:
-        save_figure(fig, path, dpi=100)
-    finally:
-        plt.close(fig)
-    return Path(path)
+    return write_figure(fig, path, dpi=100)

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from editing.flow import ode_samplers
 from probing.models import load_model
-from probing.plots import pyplot, save_figure
+from probing.plots import pyplot, write_figure
 from probing.synth import caption, class_lists, render_clip, templates
 from probing.synth.classifier import default_classifier
 
@@ -102,8 +102,7 @@ def plot_confusion(truth: list[str], predicted: list[str], classes: list[str], p
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046)
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    write_figure(fig, path)
 
 
 LOSS_LABELS = {"unet": "min-SNR weighted eps MSE", "dit": "rectified-flow velocity MSE"}
@@ -127,8 +126,7 @@ def plot_loss(run: Path, path: Path) -> None:
     ax.set_yscale("log")
     ax.legend()
     fig.tight_layout()
-    save_figure(fig, path)
-    plt.close(fig)
+    write_figure(fig, path)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -39,6 +39,15 @@ def save_figure(figure, path: str | Path | None, dpi: int = 110):
     return figure
 
 
+def write_figure(figure, path: str | Path, dpi: int = 110) -> Path:
+    """Write `figure` as PNG atomically and close it (a figure made for a file, not shown inline)."""
+    try:
+        save_figure(figure, path, dpi=dpi)
+    finally:
+        pyplot().close(figure)
+    return Path(path)
+
+
 FAMILY_STYLES = {"flat": "o-", "word": "s-", "keys": "^-"}
 
 

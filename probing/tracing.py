@@ -61,7 +61,7 @@ class HeatMap:
 
     def plot(self, wave: np.ndarray | None = None, sr: int | None = None, ax=None, path: str | Path | None = None):
         """The heat map over time (x) and frequency cell (y); with `wave`, over its log-mel spectrogram."""
-        from probing.plots import pyplot, save_figure
+        from probing.plots import pyplot, write_figure
 
         plt = pyplot()
         figure = None
@@ -82,8 +82,7 @@ class HeatMap:
         ax.set_ylabel("frequency (low to high)")
         ax.set_title(f"'{self.word}' in '{self.prompt}' ({len(self.layers)} layers)")
         if figure is not None and path is not None:
-            save_figure(figure, path)
-            plt.close(figure)
+            write_figure(figure, path)
         return ax
 
 
