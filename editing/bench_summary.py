@@ -28,7 +28,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from editing.benchmark import METRIC_FIELDS, PLAN_FILE, SWEEP_MARK, read_rows
+from editing.benchmark import METRIC_FIELDS, PLAN_FILE, SWEEP_MARK, base_condition, point_label, read_rows
 from editing.metrics import adherence_musicality_balance, adherence_structure_balance
 from probing.errors import MelodiaError
 from probing.paths import atomic_output
@@ -106,7 +106,7 @@ def _frontier(rows: list[dict], out: Path, plot: bool, title: str) -> tuple[str,
         (out / name).unlink(missing_ok=True)
     if not is_swept(rows):
         return "", []
-    if any("," in row["condition"].partition(SWEEP_MARK)[2] for row in rows):
+    if any("," in point_label(row["condition"]) for row in rows):
         return "\n- No frontier: the run sweeps several settings at once; sweep one to draw its curves\n", []
     x = x_metric(rows)
     if x is None:
@@ -150,8 +150,6 @@ def paired_differences(rows: list[dict], reference: str | None = None, resamples
     >>> paired_differences(rows)[0]
     {'group': 'all', 'condition': 'all', 'reference': 'none', 'metric': 'chroma', 'n': 64, 'mean': 0.013, ...}
     """
-    from editing.frontier import base_condition, point_label
-
     conditions = list(dict.fromkeys(row["condition"] for row in rows))
     bases = list(dict.fromkeys(base_condition(c) for c in conditions))
     reference = reference or next((c for c in REFERENCES if c in bases), None)
@@ -192,9 +190,8 @@ def paired_markdown(paired: list[dict]) -> str:
     if not paired:
         return ""
     references = list(dict.fromkeys(p["reference"] for p in paired))
-    base, _, point = references[0].partition(SWEEP_MARK)
-    settings = ", ".join(pair.split("=")[0] for pair in point.split(","))
-    against = references[0] if len(references) == 1 else f"{base} at the same {settings}"
+    settings = ", ".join(pair.split("=")[0] for pair in point_label(references[0]).split(","))
+    against = references[0] if len(references) == 1 else f"{base_condition(references[0])} at the same {settings}"
     lines = ["", f"# Paired differences: condition - {against}, same items", "",
              "mean [95 % bootstrap CI over items]; * where the interval excludes 0.", ""]
     metrics = list(dict.fromkeys(p["metric"] for p in paired))

@@ -92,6 +92,16 @@ def swept_conditions(conditions: Sequence[Condition], grid: Sequence[tuple[tuple
             for c in conditions for point in grid]
 
 
+def base_condition(condition: str) -> str:
+    """"melodia@t_start=0.8" -> "melodia" (the method or band a swept condition belongs to)."""
+    return condition.partition(SWEEP_MARK)[0]
+
+
+def point_label(condition: str) -> str:
+    """"melodia@t_start=0.8" -> "t_start=0.8" (its sweep setting; "" for an unswept condition)."""
+    return condition.partition(SWEEP_MARK)[2]
+
+
 def method_conditions(methods: Sequence[str], layers: str = "auto") -> list[Condition]:
     """One condition per method; `layers` applies to melodia, the baselines inject nothing."""
     from editing.methods import METHODS

@@ -20,27 +20,17 @@ from pathlib import Path
 
 import numpy as np
 
-from editing.benchmark import SWEEP_MARK
+from editing.bench_summary import TABLE_METRICS
+from editing.benchmark import SWEEP_MARK, base_condition, point_label
 
 LEVELS = 9  # adherence levels at which two curves are compared, spread over their overlap
 X_METRICS = ("adherence", "clap")  # the first one the rows hold is the x axis
-Y_METRICS = {"melody_raw_chroma": ("Melody (raw chroma)", True), "chroma": ("Chroma", True),
-             "lpaps": ("LPAPS", False)}
+Y_METRICS = ("melody_raw_chroma", "chroma", "lpaps")  # structure kept; labels in TABLE_METRICS
 
 
 def is_swept(rows: list[dict]) -> bool:
     """True when the rows come from a `--sweep` run (condition names carry the setting)."""
     return any(SWEEP_MARK in row["condition"] for row in rows)
-
-
-def base_condition(condition: str) -> str:
-    """"melodia@t_start=0.8" -> "melodia" (the curve a condition belongs to)."""
-    return condition.partition(SWEEP_MARK)[0]
-
-
-def point_label(condition: str) -> str:
-    """"melodia@t_start=0.8" -> "t_start=0.8" (where on its curve)."""
-    return condition.partition(SWEEP_MARK)[2]
 
 
 def x_metric(rows: list[dict]) -> str | None:
@@ -61,17 +51,23 @@ def _table(rows: list[dict], metric: str) -> tuple[dict[str, list[str]], list[st
     return curves, items, table
 
 
-def frontier_curves(rows: list[dict], x: str, y: str) -> dict[str, list[tuple[str, float, float]]]:
-    """Per curve, its points (sweep label, mean x, mean y) over the items every condition has for x and y."""
+def _paired_tables(rows: list[dict], x: str, y: str) -> tuple[list[str], dict[str, list[str]], np.ndarray, np.ndarray]:
+    """Conditions, curve -> its conditions, and the x and y values (condition, item) over the items that
+    every condition has for both metrics."""
     conditions = list(dict.fromkeys(row["condition"] for row in rows))
     curves, items_x, table_x = _table(rows, x)
     _, items_y, table_y = _table(rows, y)
     shared = [i for i in items_x if i in set(items_y)]
-    if not shared:
+    return (conditions, curves, table_x[:, [items_x.index(i) for i in shared]],
+            table_y[:, [items_y.index(i) for i in shared]])
+
+
+def frontier_curves(rows: list[dict], x: str, y: str) -> dict[str, list[tuple[str, float, float]]]:
+    """Per curve, its points (sweep label, mean x, mean y) over the items every condition has for x and y."""
+    conditions, curves, tx, ty = _paired_tables(rows, x, y)
+    if tx.shape[1] == 0:
         return {}
-    keep_x = [items_x.index(i) for i in shared]
-    keep_y = [items_y.index(i) for i in shared]
-    means_x, means_y = table_x[:, keep_x].mean(1), table_y[:, keep_y].mean(1)
+    means_x, means_y = tx.mean(1), ty.mean(1)
     return {curve: [(point_label(c), float(means_x[conditions.index(c)]), float(means_y[conditions.index(c)]))
                     for c in members] for curve, members in curves.items()}
 
@@ -89,16 +85,12 @@ def _gap(xa: np.ndarray, ya: np.ndarray, xb: np.ndarray, yb: np.ndarray) -> floa
 def matched_structure(rows: list[dict], x: str, y: str, resamples: int = 1000, seed: int = 0) -> list[dict]:
     """For every pair of curves: the mean structure gap (a - b) at matched adherence, with a 95 % paired
     bootstrap interval over items, the overlap in adherence, and n items; gap NaN where they do not overlap."""
-    conditions = list(dict.fromkeys(row["condition"] for row in rows))
-    curves, items_x, table_x = _table(rows, x)
-    _, items_y, table_y = _table(rows, y)
-    shared = [i for i in items_x if i in set(items_y)]
-    if len(shared) < 2 or len(curves) < 2:
+    conditions, curves, tx, ty = _paired_tables(rows, x, y)
+    n = tx.shape[1]
+    if n < 2 or len(curves) < 2:
         return []
-    tx = table_x[:, [items_x.index(i) for i in shared]]
-    ty = table_y[:, [items_y.index(i) for i in shared]]
     rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(shared), size=(resamples, len(shared)))
+    draws = rng.integers(0, n, size=(resamples, n))
     out = []
     for a, b in itertools.combinations(curves, 2):
         rows_a = [conditions.index(c) for c in curves[a]]
@@ -108,12 +100,11 @@ def matched_structure(rows: list[dict], x: str, y: str, resamples: int = 1000, s
             return _gap(tx[rows_a][:, columns].mean(1), ty[rows_a][:, columns].mean(1),
                         tx[rows_b][:, columns].mean(1), ty[rows_b][:, columns].mean(1))
 
-        everything = np.arange(len(shared))
-        observed = gap(everything)
+        observed = gap(np.arange(n))
         boot = np.asarray([gap(d) for d in draws]) if math.isfinite(observed) else np.asarray([math.nan])
         boot = boot[np.isfinite(boot)]
         xa, xb = tx[rows_a].mean(1), tx[rows_b].mean(1)
-        out.append({"a": a, "b": b, "x": x, "metric": y, "n": len(shared), "gap": observed,
+        out.append({"a": a, "b": b, "x": x, "metric": y, "n": n, "gap": observed,
                     "ci_low": float(np.quantile(boot, 0.025)) if boot.size else math.nan,
                     "ci_high": float(np.quantile(boot, 0.975)) if boot.size else math.nan,
                     "overlap_low": float(max(xa.min(), xb.min())), "overlap_high": float(min(xa.max(), xb.max()))})
@@ -135,7 +126,7 @@ def frontier_markdown(matched: list[dict]) -> str:
             overlap = f"{m['overlap_low']:.2f}-{m['overlap_high']:.2f}"
         else:
             gap, overlap = "no overlap", "–"
-        lines.append(f"| {m['a']} | {m['b']} | {Y_METRICS[m['metric']][0]} | {m['n']} | {overlap} | {gap} |")
+        lines.append(f"| {m['a']} | {m['b']} | {TABLE_METRICS[m['metric']][0]} | {m['n']} | {overlap} | {gap} |")
     return "\n".join(lines) + "\n"
 
 
@@ -158,7 +149,7 @@ def plot_frontier(rows: list[dict], path: str | Path, title: str = "") -> Path |
             for label, px, py in points:
                 ax.annotate(label.split("=")[-1] if "," not in label else label, (px, py), fontsize=7,
                             textcoords="offset points", xytext=(3, 3))
-        label, higher = Y_METRICS[metric]
+        label, higher = TABLE_METRICS[metric]
         ax.set_xlabel(f"{'classifier adherence' if x == 'adherence' else 'CLAP'} ↑")
         ax.set_ylabel(f"{label} {'↑' if higher else '↓'}")
     first = point_label(next(row["condition"] for row in rows if SWEEP_MARK in row["condition"]))
