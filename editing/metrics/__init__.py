@@ -3,7 +3,7 @@
 | module | metrics | needs |
 |---|---|---|
 | spectral | chroma_similarity (paper's Chroma), log_mel_distance | nothing |
-| melody | melody_accuracy, pitch_contour (pYIN f0; mir_eval raw pitch / raw chroma accuracy) | nothing |
+| melody | melody_accuracy, contour_accuracy, pitch_contour (pYIN f0; mir_eval raw pitch / raw chroma accuracy) | nothing |
 | clap | clap_score, load_clap (text adherence, paper's CLAP) | a CLAP checkpoint |
 | lpaps | lpaps_distance, load_lpaps (structure, paper's LPAPS) | SpecVQGAN LPAPS weights |
 | fad | frechet_distance, frechet_audio_distance (paper's FAD) | embeddings (default CLAP) |
@@ -21,7 +21,7 @@ from editing.metrics.balance import adherence_musicality_balance, adherence_stru
 from editing.metrics.clap import DEFAULT_CLAP, ClapEmbedder, clap_score, load_clap
 from editing.metrics.fad import frechet_audio_distance, frechet_distance
 from editing.metrics.lpaps import LPAPSNet, load_lpaps, lpaps_distance
-from editing.metrics.melody import MelodyAccuracy, melody_accuracy, pitch_contour
+from editing.metrics.melody import MelodyAccuracy, contour_accuracy, melody_accuracy, pitch_contour
 from editing.metrics.spectral import chroma_similarity, log_mel_distance
 from editing.metrics.suite import score_edit
 from editing.metrics.testbed import ClassifierAdherence, classifier_adherence, ideal_edit_distance, prompt_targets
@@ -38,6 +38,7 @@ __all__ = [
     "adherence_structure_balance",
     "chroma_similarity",
     "clap_score",
+    "contour_accuracy",
     "classifier_adherence",
     "frechet_audio_distance",
     "frechet_distance",

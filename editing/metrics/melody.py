@@ -29,6 +29,7 @@ PITCH_HOP = 160  # 10 ms, mir_eval's reference hop
 PITCH_FRAME = 1024
 PITCH_RESOLUTION = 0.25  # semitones per pYIN pitch bin: half the 50-cent tolerance, 12x faster than 0.1
 FMIN, FMAX = librosa.note_to_hz("C2"), librosa.note_to_hz("C7")
+Contour = tuple[np.ndarray, np.ndarray]  # (frame times in s, f0 in Hz, 0 where unvoiced): `pitch_contour`'s
 
 
 @dataclass(frozen=True)
@@ -65,10 +66,18 @@ def melody_accuracy(source: np.ndarray, edited: np.ndarray, sr: int) -> MelodyAc
         MetricUnavailableError: the source has no voiced frame (silence, noise, drums): there is no
             melody to keep.
     """
+    return contour_accuracy(pitch_contour(source, sr), pitch_contour(edited, sr))
+
+
+def contour_accuracy(source: Contour, edited: Contour) -> MelodyAccuracy:
+    """`melody_accuracy` on contours already tracked (one clip scored against several references tracks once).
+
+    >>> edited = pitch_contour(edit, 16000)
+    >>> contour_accuracy(pitch_contour(source, 16000), edited).raw_chroma
+    """
     import mir_eval.melody
 
-    source_times, source_f0 = pitch_contour(source, sr)
-    edited_times, edited_f0 = pitch_contour(edited, sr)
+    (source_times, source_f0), (edited_times, edited_f0) = source, edited
     voiced = int((source_f0 > 0).sum())
     if voiced == 0:
         raise MetricUnavailableError("the source has no voiced frame (pYIN finds no pitch): no melody to compare")

@@ -17,7 +17,7 @@ import numpy as np
 from editing.metrics._common import MetricUnavailableError
 from editing.metrics.clap import DEFAULT_CLAP, ClapEmbedder, load_clap
 from editing.metrics.lpaps import LPAPSNet, lpaps_distance
-from editing.metrics.melody import melody_accuracy
+from editing.metrics.melody import Contour, contour_accuracy, pitch_contour
 from editing.metrics.spectral import chroma_similarity
 from editing.metrics.testbed import classifier_adherence, ideal_edit_distance, prompt_targets
 
@@ -54,11 +54,12 @@ def score_edit(source: np.ndarray, edited: np.ndarray, sr: int, prompt: str, *,
         classifier_<attribute> (one per attribute the prompt names, else "classifier"),
         ideal_log_mel_distance, ideal_chroma_similarity, ideal_melody_raw_pitch, ideal_melody_raw_chroma.
     """
+    edited_contour = pitch_contour(edited, sr)  # tracked once, scored against the source and the ideal
     scores = {
         "clap": _attempt(lambda: _clap_score(clap, edited, sr, prompt)),
         "lpaps": _attempt(lambda: _value(lpaps_distance(source, edited, sr, lpaps), False, "source, edited")),
         "chroma": _value(chroma_similarity(source, edited, sr), True, "source, edited"),
-        **_melody_scores(source, edited, sr, "source, edited", ""),
+        **_melody_scores(source, edited_contour, sr, "source, edited", ""),
         **{name: {"unavailable": reason} for name, reason in SET_METRICS.items()},
         **_classifier_scores(edited, sr, prompt, classifier),
     }
@@ -70,14 +71,14 @@ def score_edit(source: np.ndarray, edited: np.ndarray, sr: int, prompt: str, *,
         distance = ideal_edit_distance(edited, ideal, sr)
         scores["ideal_log_mel_distance"] = _value(distance["log_mel_distance"], False, "edited, ideal")
         scores["ideal_chroma_similarity"] = _value(distance["chroma_similarity"], True, "edited, ideal")
-        scores.update(_melody_scores(ideal, edited, sr, "ideal, edited", "ideal_"))
+        scores.update(_melody_scores(ideal, edited_contour, sr, "ideal, edited", "ideal_"))
     return scores
 
 
-def _melody_scores(reference: np.ndarray, edited: np.ndarray, sr: int, compares: str, prefix: str) -> dict[str, dict]:
-    """<prefix>melody_raw_pitch and <prefix>melody_raw_chroma of `edited` against `reference`'s contour."""
+def _melody_scores(reference: np.ndarray, edited: Contour, sr: int, compares: str, prefix: str) -> dict[str, dict]:
+    """<prefix>melody_raw_pitch and <prefix>melody_raw_chroma of the edit's contour against `reference`'s."""
     try:
-        melody = melody_accuracy(reference, edited, sr)
+        melody = contour_accuracy(pitch_contour(reference, sr), edited)
     except MetricUnavailableError as error:
         return dict.fromkeys((f"{prefix}melody_raw_pitch", f"{prefix}melody_raw_chroma"), {"unavailable": str(error)})
     frames = {"voiced_frames": melody.voiced_frames}
