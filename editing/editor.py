@@ -191,7 +191,8 @@ class Melodia:
         settings = EditSettings(target_prompt, method, layers if method == "melodia" else "none", t_start, steps,
                                 guidance, seed, windows, source_prompt, source_guidance)
         inverted_steps(steps, t_start)  # validates t_start before any work
-        modules = self.injected_modules(settings.layers)
+        resolved = self.auto_layers() if settings.layers == "auto" else settings.layers  # the profile asked once
+        modules = self.injected_modules(resolved)
         wave = validate_wave(wave, self.model.sample_rate, name="source", max_seconds=MAX_SOURCE_SECONDS)
         spans = self._spans(len(wave), windows)
         timings: dict[str, float] = {}
@@ -199,7 +200,6 @@ class Melodia:
             source = self.model.encode_prompt([source_prompt], guidance=source_guidance)
             target = self.model.encode_prompt([target_prompt], guidance=guidance)
         edited = []
-        resolved = self.auto_layers() if settings.layers == "auto" else settings.layers
         label = f"{method} {resolved}" if method == "melodia" else method
         for index, (a, b) in enumerate(spans):
             with progress_label(label + (f", window {index + 1}/{len(spans)}" if len(spans) > 1 else "")):
