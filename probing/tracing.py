@@ -135,13 +135,10 @@ class Trace:
         """The recorded modules by name: "cross:14" (or "cross:14/<alias>" where a layer holds several)."""
         return layer_names(self.recorder.modules)
 
-    def _name(self, module) -> str:
-        return self.layer_names[self.recorder.modules.index(module)]
-
     def __getitem__(self, name: str) -> LayerMaps:
         """The maps of one recorded module by name (see `layer_names`) or module path."""
-        for module in self.recorder.modules:
-            if name in (self._name(module), module.path):
+        for known, module in zip(self.layer_names, self.recorder.modules):
+            if name in (known, module.path):
                 timesteps, maps = self.recorder.stacked(module.path)
                 if not timesteps:
                     raise MelodiaError(f"nothing was recorded for {name}: call the pipeline inside `with trace(...)`")
@@ -182,7 +179,8 @@ class Trace:
             heats.append(layer.maps[:, :, start:stop].sum(axis=2).mean(axis=0).reshape(layer.grid))
         finest = max((h.shape for h in heats), key=lambda s: s[0] * s[1])
         values = np.mean([_resized(h, finest) for h in heats], axis=0)
-        return HeatMap(word, prompt, values, [self._name(m) for m in modules])
+        names = dict(zip((m.path for m in self.recorder.modules), self.layer_names))  # as `tc[...]` names them
+        return HeatMap(word, prompt, values, [names[m.path] for m in modules])
 
 
 def _grid(queries: int, measured: tuple[int, int]) -> tuple[int, int]:
