@@ -1,21 +1,25 @@
-"""Zarr write throughput of capture vs raw `np.save` of the same arrays (target >= 0.5).
+"""Zarr write and read throughput of the capture store vs raw `np.save` / `np.load` of the same arrays.
 
     python benchmarks/zarr_throughput.py [--prompts 64]
 
 The arrays are the testbed's full capture (32 modules, 10 steps, default reduction) filled with
-attention-like values; both writers store the same bytes (fp16), the store with its sharding and
-blosc-zstd compression, np.save as one raw .npy per array and prompt. Ratio = Zarr MB/s / np.save MB/s.
+attention-like values; every writer stores the same fp16 bytes. Three ways are timed in one run:
+the store as it was (zarr-python's codec pipeline, one prompt per call), the store as capture
+writes it now (the zarrs pipeline when installed, one call per shard of prompts), and np.save of
+one raw .npy per array and prompt. Ratios = np.save time / store time (target >= 0.5), and the
+same for reading every array back (what probing does).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from probing.store import ArraySpec, CaptureStore
+from probing.store import ArraySpec, CaptureStore, fast_codecs_available
 
 
 def testbed_like_specs(steps: int = 10) -> list[ArraySpec]:
@@ -34,33 +38,69 @@ def attention_like(shape: tuple[int, ...], rng: np.random.Generator) -> np.ndarr
     return (probs / probs.sum(-1, keepdims=True)).astype(np.float16)
 
 
+def write_store(url: str, specs: list[ArraySpec], maps: list[dict], n: int, per_shard: int, batched: bool) -> float:
+    """Seconds to write `n` prompts (maps cycled) into a new store."""
+    store = CaptureStore.create(url, prompts=[f"p{i}" for i in range(n)], specs=specs, identity={"benchmark": 1},
+                                prompts_per_shard=per_shard)
+    start = time.perf_counter()
+    if batched:
+        for batch in store.shard_batches(list(range(n))):
+            store.write_prompts(batch, {s.name: np.stack([maps[i % len(maps)][s.name] for i in batch]) for s in specs})
+    else:
+        for i in range(n):
+            store.write_prompt(i, maps[i % len(maps)])
+    return time.perf_counter() - start
+
+
+def read_store(url: str, specs: list[ArraySpec]) -> float:
+    store = CaptureStore.open(url)
+    start = time.perf_counter()
+    for spec in specs:
+        store.read(spec.name)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prompts", type=int, default=64)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     specs = testbed_like_specs()
-    maps = [{s.name: attention_like(s.shape, rng) for s in specs} for _ in range(4)]  # cycled over prompts
+    maps = [{s.name: attention_like(s.shape, rng) for s in specs} for _ in range(4)]
     total_mb = args.prompts * sum(a.nbytes for a in maps[0].values()) / 2**20
     with tempfile.TemporaryDirectory() as folder:
-        store = CaptureStore.create(f"{folder}/s.zarr", prompts=[f"p{i}" for i in range(args.prompts)], specs=specs,
-                                    identity={"benchmark": 1})
-        start = time.perf_counter()
-        for i in range(args.prompts):
-            store.write_prompt(i, maps[i % 4])
-        zarr_s = time.perf_counter() - start
         raw = Path(folder, "npy")
         raw.mkdir()
         start = time.perf_counter()
         for i in range(args.prompts):
             for name, array in maps[i % 4].items():
                 np.save(raw / f"{i}_{name.replace('/', '_')}.npy", array)
-        npy_s = time.perf_counter() - start
-        on_disk = sum(p.stat().st_size for p in Path(folder, "s.zarr").rglob("*") if p.is_file()) / 2**20
-    print(f"{args.prompts} prompts, {len(specs)} arrays each, {total_mb:.1f} MB of fp16 maps")
-    print(f"zarr store: {zarr_s:.2f} s ({total_mb / zarr_s:.1f} MB/s, {on_disk:.1f} MB on disk)")
-    print(f"np.save:    {npy_s:.2f} s ({total_mb / npy_s:.1f} MB/s)")
-    print(f"throughput ratio zarr / np.save: {npy_s / zarr_s:.2f}")
+        npy_write = time.perf_counter() - start
+        start = time.perf_counter()
+        for i in range(args.prompts):
+            for name in maps[0]:
+                np.load(raw / f"{i}_{name.replace('/', '_')}.npy")
+        npy_read = time.perf_counter() - start
+        os.environ["MELODIA_ZARRS"] = "0"  # the store as it was: zarr-python's codec pipeline
+        try:
+            old_write = write_store(f"{folder}/old.zarr", specs, maps, args.prompts, 1, batched=False)
+            old_read = read_store(f"{folder}/old.zarr", specs)
+        finally:
+            del os.environ["MELODIA_ZARRS"]
+        new_write = write_store(f"{folder}/new.zarr", specs, maps, args.prompts, None, batched=True)
+        new_read = read_store(f"{folder}/new.zarr", specs)
+        on_disk = sum(p.stat().st_size for p in Path(folder, "new.zarr").rglob("*") if p.is_file()) / 2**20
+    pipeline = "zarrs" if fast_codecs_available() else "zarr-python (zarrs not installed)"
+    print(f"{args.prompts} prompts, {len(specs)} arrays each, {total_mb:.1f} MB of fp16 maps ({on_disk:.1f} MB on disk)")
+    print(f"{'writer':44s} {'write s':>8s} {'MB/s':>7s} {'read s':>7s} {'MB/s':>7s}")
+    for label, w, r in [("np.save / np.load, one .npy per array+prompt", npy_write, npy_read),
+                        ("store before: zarr-python, 1 prompt per call", old_write, old_read),
+                        (f"store now: {pipeline}, 1 call per shard", new_write, new_read)]:
+        print(f"{label:44s} {w:8.2f} {total_mb / w:7.1f} {r:7.2f} {total_mb / r:7.1f}")
+    print(f"write ratio store / np.save: before {npy_write / old_write:.2f}, now {npy_write / new_write:.2f} "
+          f"(target >= 0.5)")
+    print(f"read ratio store / np.load:  before {npy_read / old_read:.2f}, now {npy_read / new_read:.2f}; "
+          f"store read / store write speed now {new_write / new_read:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Capture: run prompts through a model and write every chosen layer's reduced maps to a Zarr store.
 
-Each rank (torchrun / accelerate: RANK, WORLD_SIZE) writes prompts[rank::world]; a killed run
-resumes from the store's `done` mask; rank 0 consolidates the metadata once all prompts are in.
+Each rank (torchrun / accelerate: RANK, WORLD_SIZE) captures the prompts of its own store shards
+and writes each shard's prompts in one call; a killed run resumes from the store's `done` mask;
+rank 0 consolidates the metadata once all prompts are in.
 
 Examples:
     >>> model = load_model("testbed")
@@ -201,29 +202,43 @@ def _capture(model, prompts: PromptSet, url: str, settings: CaptureSettings, ove
     table = _with_context_tokens(measure_layer_table(model), model.context_tokens(prompts.prompts))
     spans = prompt_token_spans(model, prompts)
     store, modules = open_store(model, prompts, url, settings, table, rank, world, overwrite, spans)
-    timesteps = store.identity["timesteps"]
-    # Writing prompt i overlaps generating prompt i+1 (one write in flight: memory stays bounded).
+    # The prompts of one shard are written together, in one call per array (each shard object encoded
+    # once), while the next shard's prompts are generated (one write in flight: memory stays bounded).
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending_write = None
         todo = store.pending(rank, world)
-        mine = len(range(rank, len(store.prompts), world))
+        mine = sum(store.owner(i, world) == rank for i in range(len(store.prompts)))
         if progress and len(todo) < mine:
             print(f"resuming {store.url}: {mine - len(todo)} of {mine} prompts already captured", flush=True)
-        for index in tqdm(todo, desc=f"capture (rank {rank}/{world})", disable=not progress):
-            with AttentionRecorder(model, modules, settings.reduction, timesteps=timesteps) as recorder:
-                seed = settings.seed + index if settings.seed_per_prompt else settings.seed
-                model.generate(prompts.prompts[index], settings.steps, settings.guidance, seed, decode=False)
-            maps = _prompt_maps(recorder, modules, store.specs, timesteps, settings.reduction)
-            maps[TEXT_EMBEDDING] = pooled_text_embedding(model, prompts.prompts[index])
-            if spans is not None:
-                maps[TOKEN_SPANS] = spans[1][index]
+        bar = tqdm(total=len(todo), desc=f"capture (rank {rank}/{world})", disable=not progress)
+        for batch in store.shard_batches(todo):
+            maps = []
+            for index in batch:
+                maps.append(_capture_prompt(model, prompts, index, modules, store, settings, spans))
+                bar.update()
+            stacked = {name: np.stack([m[name] for m in maps]) for name in maps[0]}
             if pending_write is not None:
                 pending_write.result()  # re-raises a failed write here
-            pending_write = writer.submit(store.write_prompt, index, maps)
+            pending_write = writer.submit(store.write_prompts, batch, stacked)
         if pending_write is not None:
             pending_write.result()
+        bar.close()
     _finish(store, rank, world)
     return store
+
+
+def _capture_prompt(model, prompts: PromptSet, index: int, modules: list[ModuleInfo], store: CaptureStore,
+                    settings: CaptureSettings, spans: tuple[list[str], np.ndarray] | None) -> dict[str, np.ndarray]:
+    """Generate prompt `index` under the recorder; its maps (and text embedding, word spans) by array name."""
+    timesteps = store.identity["timesteps"]
+    with AttentionRecorder(model, modules, settings.reduction, timesteps=timesteps) as recorder:
+        seed = settings.seed + index if settings.seed_per_prompt else settings.seed
+        model.generate(prompts.prompts[index], settings.steps, settings.guidance, seed, decode=False)
+    maps = _prompt_maps(recorder, modules, store.specs, timesteps, settings.reduction)
+    maps[TEXT_EMBEDDING] = pooled_text_embedding(model, prompts.prompts[index])
+    if spans is not None:
+        maps[TOKEN_SPANS] = spans[1][index]
+    return maps
 
 
 def _prompt_maps(recorder: AttentionRecorder, modules: list[ModuleInfo], specs: list[ArraySpec],

@@ -1,10 +1,12 @@
 """The capture store: one Zarr v3 group per run, one sharded array per captured map.
 
-Layout (docs/store.md): arrays shaped ``(prompt, *spec.shape)``, one prompt per shard,
-fp16, blosc-zstd with shuffle, ``dimension_names`` set; beside them ``prompts``,
-``labels/<attribute>``, ``template_id`` (-1 = unknown) and the per-prompt ``done`` mask.
-Rank ``r`` of ``w`` writes ``prompts[r::w]``, whole shards only, and sets ``done[i]`` after the
-maps of prompt ``i``; a killed run resumes from ``done``. Plain xarray reads it lazily.
+Layout (docs/store.md): arrays shaped ``(prompt, *spec.shape)``, a block of
+``prompts_per_shard`` consecutive prompts per shard, fp16, blosc-zstd with shuffle,
+``dimension_names`` set; beside them ``prompts``, ``labels/<attribute>``, ``template_id``
+(-1 = unknown) and the per-prompt ``done`` mask. Shard ``s`` belongs to rank ``s % w``: a rank
+writes whole shards of its own only, and sets ``done[i]`` after the maps of prompt ``i``; a killed
+run resumes from ``done``. Maps are encoded by the zarrs codec pipeline (Rust) when it is
+installed; the bytes are plain Zarr v3, so zarr-python and xarray read them without it.
 
 Examples:
     >>> store = CaptureStore.create("memory://doc.zarr", prompts=["a", "b"], identity={"model": "m"},
@@ -15,10 +17,15 @@ Examples:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import importlib.util
 import json
+import os
+import threading
 import time
 import warnings
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from importlib.metadata import PackageNotFoundError, version
@@ -35,6 +42,40 @@ __all__ = ["ArraySpec", "CaptureStore", "NotACaptureStoreError", "StoreMismatchE
 
 FORMAT, FORMAT_VERSION, PROMPT_DIM = "melodia-capture", 1, "prompt"
 _RESERVED = {"prompts", "template_id", "done", "labels"}
+MAX_PROMPTS_PER_SHARD = 8
+ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
+_codec_lock = threading.Lock()
+
+
+def fast_codecs_available() -> bool:
+    """True when the store encodes with the zarrs codec pipeline (Rust, PyPI `zarrs`): installed, and
+    not switched off with the environment variable ``MELODIA_ZARRS=0``."""
+    return os.environ.get("MELODIA_ZARRS", "1") != "0" and importlib.util.find_spec("zarrs") is not None
+
+
+@contextlib.contextmanager
+def _fast_codecs() -> Iterator[None]:
+    """Arrays opened inside the block encode and decode with zarrs when it is installed.
+
+    zarr-python picks an array's codec pipeline when the array object is built, so the global
+    config is switched only for that moment (under a lock) and the user's own zarr use is untouched.
+    """
+    if not fast_codecs_available():
+        yield
+        return
+    with _codec_lock, zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
+        yield
+
+
+def default_prompts_per_shard(n_prompts: int, world: int = 1) -> int:
+    """Prompts per shard for a new store: up to 8 (each shard object costs a write), but small enough
+    that every one of `world` ranks owns several shards.
+
+    Examples:
+        >>> default_prompts_per_shard(1024), default_prompts_per_shard(12, world=2)
+        (8, 1)
+    """
+    return max(1, min(MAX_PROMPTS_PER_SHARD, n_prompts // (4 * max(1, world))))
 
 
 async def _gather(coroutines: list) -> None:
@@ -131,9 +172,13 @@ def _probe(url: str) -> dict | None:
 
 
 def _plan(prompts: list[str], specs: list[ArraySpec], identity: dict, labels: dict | None = None,
-          template_ids: list[int] | None = None, attrs: dict | None = None) -> tuple[dict, dict[str, np.ndarray]]:
+          template_ids: list[int] | None = None, attrs: dict | None = None,
+          prompts_per_shard: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Validate `create`'s arguments; return the `melodia` attrs and the per-prompt columns."""
     prompts, labels = [str(p) for p in prompts], labels or {}
+    per_shard = default_prompts_per_shard(len(prompts)) if prompts_per_shard is None else int(prompts_per_shard)
+    if per_shard < 1:
+        raise ValueError(f"prompts_per_shard must be >= 1, got {prompts_per_shard}")
     ids = np.full(len(prompts), -1, dtype=np.int64) if template_ids is None else np.asarray(template_ids, np.int64)
     names = [s.array_name for s in specs]
     if not prompts or not specs or len(set(names)) != len(names) or ids.shape != (len(prompts),):
@@ -147,7 +192,7 @@ def _plan(prompts: list[str], specs: list[ArraySpec], identity: dict, labels: di
     meta = _jsonable({"format": FORMAT, "format_version": FORMAT_VERSION, "package_version": _package_version(),
                       "created_at": datetime.now(timezone.utc).isoformat(), "identity": identity,
                       "attrs": attrs or {}, "layers": [s.to_json() for s in specs], "labels": sorted(labels),
-                      "n_prompts": len(prompts), "initialised": False,
+                      "n_prompts": len(prompts), "prompts_per_shard": per_shard, "initialised": False,
                       "prompts_sha256": hashlib.sha256(json.dumps(prompts).encode()).hexdigest()})
     columns = {"prompts": np.asarray(prompts, dtype=str), "template_id": ids,
                **{f"labels/{k}": np.asarray([str(x) for x in v], dtype=str) for k, v in labels.items()}}
@@ -193,22 +238,27 @@ class CaptureStore:
         self.prompts: list[str] = [str(p) for p in group["prompts"][:]]
         self.labels: dict[str, list[str]] = {k: [str(v) for v in group[f"labels/{k}"][:]] for k in meta["labels"]}
         self.template_ids: np.ndarray = np.asarray(group["template_id"][:], dtype=np.int64)
+        self.prompts_per_shard: int = int(meta.get("prompts_per_shard", 1))  # stores before it had 1
         self._arrays: dict[str, zarr.Array] = {}  # opened once: every group lookup reads metadata
 
     def _array(self, key: str) -> zarr.Array:
         if key not in self._arrays:
-            self._arrays[key] = self._group[key]
+            with _fast_codecs():
+                self._arrays[key] = self._group[key]
         return self._arrays[key]
 
     @classmethod
     def create(cls, url: str, *, prompts: list[str], specs: list[ArraySpec], identity: dict,
                labels: dict[str, list[str]] | None = None, template_ids: list[int] | None = None,
-               attrs: dict | None = None, overwrite: bool = False) -> CaptureStore:
+               attrs: dict | None = None, overwrite: bool = False,
+               prompts_per_shard: int | None = None) -> CaptureStore:
         """Create the store, or reopen it for resuming when it holds the same run.
 
         Same identity, prompts and specs -> the existing store (stored labels/attrs win); another
         run -> StoreMismatchError; anything else at `url` -> NotACaptureStoreError. Nothing is
         written in those cases. `overwrite=True` replaces whatever is there. One process only.
+        `prompts_per_shard` (default `default_prompts_per_shard`) is a layout choice, not part of
+        the run: a resumed store keeps its own.
 
         Examples:
             >>> s = CaptureStore.create("memory://c.zarr", prompts=["p"], identity={"model": "m"},
@@ -217,7 +267,7 @@ class CaptureStore:
             [False]
         """
         url = str(url)
-        meta, columns = _plan(prompts, specs, identity, labels, template_ids, attrs)
+        meta, columns = _plan(prompts, specs, identity, labels, template_ids, attrs, prompts_per_shard)
         existing = None if overwrite else _probe(url)
         if existing is not None and existing.get("initialised"):
             _raise_if_different(url, existing, meta)
@@ -225,18 +275,19 @@ class CaptureStore:
         # Absent, half-created (a crash before `initialised`), or overwrite: build it from scratch.
         group = zarr.create_group(url, overwrite=True, zarr_format=3, attributes={"melodia": meta})
         compressor = BloscCodec(cname="zstd", clevel=5, shuffle=BloscShuffle.shuffle)
+        per_shard = meta["prompts_per_shard"]
         for spec, dims in zip(specs, _store_dims(specs).values()):
             fill = np.nan if np.dtype(spec.dtype).kind == "f" else 0
             group.create_array(spec.array_name, shape=(meta["n_prompts"], *spec.shape), dtype=spec.dtype,
-                               shards=(1, *spec.shape), chunks=(1, *spec.inner_chunks), compressors=[compressor],
+                               shards=(per_shard, *spec.shape), chunks=(1, *spec.inner_chunks), compressors=[compressor],
                                fill_value=fill, dimension_names=dims,
                                attributes={**spec.attrs, "melodia_name": spec.name, "melodia_dims": list(spec.dims)})
         for key, values in columns.items():
             group.create_array(key, shape=values.shape, dtype=str if values.dtype.kind == "U" else values.dtype,
                                chunks=values.shape, dimension_names=(PROMPT_DIM,),
                                fill_value=-1 if values.dtype.kind == "i" else "")[:] = values
-        # One chunk per prompt so that ranks never write into the same object.
-        group.create_array("done", shape=(meta["n_prompts"],), dtype=bool, chunks=(1,), fill_value=False,
+        # One chunk per shard of prompts, so that ranks never write into the same object.
+        group.create_array("done", shape=(meta["n_prompts"],), dtype=bool, chunks=(per_shard,), fill_value=False,
                            dimension_names=(PROMPT_DIM,))
         group.update_attributes({"melodia": {**meta, "initialised": True}})  # last: marks it complete
         return cls.open(url, mode="r+")
@@ -279,6 +330,8 @@ class CaptureStore:
         if not 0 <= rank < world:
             raise ValueError(f"rank must be in [0, {world}), got {rank}")
         if rank == 0:
+            if create_kwargs.get("prompts_per_shard") is None:
+                create_kwargs["prompts_per_shard"] = default_prompts_per_shard(len(create_kwargs["prompts"]), world)
             return cls.create(url, **create_kwargs)
         overwrite = create_kwargs.pop("overwrite", False)
         meta, _ = _plan(**create_kwargs)
@@ -308,8 +361,12 @@ class CaptureStore:
         """Bool per prompt: True once all its maps are written (read fresh from the store)."""
         return np.asarray(self._group["done"][:], dtype=bool)
 
+    def owner(self, index: int, world: int) -> int:
+        """The rank (of `world`) that writes prompt `index`: the owner of its shard."""
+        return (index // self.prompts_per_shard) % world
+
     def pending(self, rank: int = 0, world: int = 1) -> list[int]:
-        """Prompt indices this rank still has to write: ``i % world == rank`` and not done.
+        """Prompt indices this rank still has to write (in its own shards) and not done yet.
 
         Examples:
             >>> s = open_capture("memory://doc.zarr")
@@ -317,10 +374,22 @@ class CaptureStore:
             [0]
         """
         done = self.done_mask()
-        return [i for i in range(rank, len(done), world) if not done[i]]
+        return [i for i in range(len(done)) if not done[i] and self.owner(i, world) == rank]
+
+    def shard_batches(self, indices: list[int]) -> list[list[int]]:
+        """`indices` grouped by shard, in order: the prompts to write together in one `write_prompts`.
+
+        Examples:
+            >>> open_capture("memory://doc.zarr").shard_batches([0, 1])
+            [[0], [1]]
+        """
+        batches: dict[int, list[int]] = {}
+        for index in indices:
+            batches.setdefault(index // self.prompts_per_shard, []).append(index)
+        return list(batches.values())
 
     def write_prompt(self, index: int, maps: dict[str, np.ndarray]) -> None:
-        """Write every map of prompt `index` (whole shards), then mark it done.
+        """Write every map of prompt `index`, then mark it done (`write_prompts` for one prompt).
 
         `maps` must hold exactly the spec names with their exact per-prompt shapes (ValueError,
         nothing written, otherwise). Values are cast to the spec dtype.
@@ -329,21 +398,52 @@ class CaptureStore:
             >>> s = CaptureStore.open("memory://doc.zarr", mode="r+")
             >>> s.write_prompt(0, {"blk.attn1/self": np.zeros((2, 4, 4))})
         """
+        self.write_prompts([index], {name: np.asarray(m)[None] for name, m in maps.items()})
+
+    def write_prompts(self, indices: list[int], maps: dict[str, np.ndarray]) -> None:
+        """Write the maps of several prompts, one array call each (`maps[name]` shaped
+        ``(len(indices), *spec.shape)``), then mark them done. Fastest with the prompts of one shard
+        (`shard_batches`): each shard object is then encoded and written once.
+
+        Examples:
+            >>> s = CaptureStore.open("memory://doc.zarr", mode="r+")
+            >>> s.write_prompts([0, 1], {"blk.attn1/self": np.zeros((2, 2, 4, 4))})
+        """
         self._check_writable()
-        if not 0 <= index < len(self.prompts):
-            raise IndexError(f"prompt index {index} out of range [0, {len(self.prompts)})")
+        indices = [int(i) for i in indices]
+        bad = [i for i in indices if not 0 <= i < len(self.prompts)]
+        if bad or not indices or len(set(indices)) != len(indices):
+            raise IndexError(f"prompt indices {indices} must be distinct and in [0, {len(self.prompts)})")
+        where = f"prompt {indices[0]}" if len(indices) == 1 else f"prompts {indices}"
         missing, unknown = sorted(set(self._specs) - set(maps)), sorted(set(maps) - set(self._specs))
         if missing or unknown:
-            raise ValueError(f"prompt {index}: missing maps {missing}, unknown maps {unknown}")
+            raise ValueError(f"{where}: missing maps {missing}, unknown maps {unknown}")
         arrays = {name: np.asarray(m) for name, m in maps.items()}
-        wrong = {n: a.shape for n, a in arrays.items() if a.shape != self._specs[n].shape}
+        wrong = {n: a.shape[1:] for n, a in arrays.items()
+                 if a.shape != (len(indices), *self._specs[n].shape)}
         if wrong:
-            raise ValueError(f"prompt {index}: wrong shapes {wrong}; expected "
+            raise ValueError(f"{where}: wrong shapes {wrong}; expected "
                              f"{ {n: self._specs[n].shape for n in wrong} }")
-        writes = [self._array(self._specs[name].array_name)._async_array.setitem(
-            index, values.astype(self._specs[name].dtype, copy=False)) for name, values in arrays.items()]
-        sync(_gather(writes))  # all shards of the prompt concurrently (compression runs in zarr's pool)
-        self._array("done")[index] = True
+        order = np.argsort(indices)
+        runs = np.split(np.asarray(indices)[order], np.flatnonzero(np.diff(np.asarray(indices)[order]) != 1) + 1)
+        spans = [slice(int(run[0]), int(run[-1]) + 1) for run in runs]
+        writes = [self._write_runs(self._array(self._specs[name].array_name)._async_array, spans,
+                                   values[order].astype(self._specs[name].dtype, copy=False))
+                  for name, values in arrays.items()]
+        sync(_gather(writes))  # every array concurrently (encoding runs in zarr's or zarrs' pool)
+        done = self._array("done")
+        for span in spans:
+            done[span] = True
+
+    @staticmethod
+    async def _write_runs(array, spans: list[slice], values: np.ndarray) -> None:
+        """Write `values` (rows in span order) into the contiguous prompt `spans` of one array, one span
+        after the other: two spans in one shard written concurrently would lose one of them."""
+        start = 0
+        for span in spans:
+            stop = start + span.stop - span.start
+            await array.setitem(span, values[start:stop])
+            start = stop
 
     def spec(self, name: str) -> ArraySpec:
         """The spec of array `name` (KeyError naming the known arrays otherwise)."""
@@ -359,7 +459,7 @@ class CaptureStore:
             >>> s.read("blk.attn1/self", [0]).shape
             (1, 2, 4, 4)
         """
-        array = self._group[self.spec(name).array_name]
+        array = self._array(self.spec(name).array_name)
         if prompts is None or isinstance(prompts, slice):
             return array[prompts if prompts is not None else slice(None)]
         return array.oindex[np.asarray(prompts, dtype=np.int64)]

@@ -1,6 +1,6 @@
 """A capture writer run as a real subprocess by tests/test_store.py.
 
-Usage: python tests/_store_writer.py URL RANK WORLD DELAY_S LOG_PATH
+Usage: python tests/_store_writer.py URL RANK WORLD DELAY_S LOG_PATH [PROMPTS_PER_SHARD]
 Opens the store with `CaptureStore.open_for_rank`, writes its pending prompts (each map holds its
 prompt index), appends "rank index" to LOG_PATH after each finished prompt, sleeps DELAY_S between.
 """
@@ -34,8 +34,9 @@ def maps_for(index: int) -> dict[str, np.ndarray]:
     return {s.name: np.full(s.shape, index + 0.5 * k, dtype=np.float32) for k, s in enumerate(SPECS)}
 
 
-def main(url: str, rank: int, world: int, delay: float, log_path: str) -> None:
-    store = CaptureStore.open_for_rank(url, rank=rank, world=world, timeout=60, poll=0.05, **KWARGS)
+def main(url: str, rank: int, world: int, delay: float, log_path: str, per_shard: int | None = None) -> None:
+    store = CaptureStore.open_for_rank(url, rank=rank, world=world, timeout=60, poll=0.05, **KWARGS,
+                                       prompts_per_shard=per_shard)
     for index in store.pending(rank, world):
         store.write_prompt(index, maps_for(index))
         with open(log_path, "a") as log:
@@ -44,4 +45,5 @@ def main(url: str, rank: int, world: int, delay: float, log_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5])
+    main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), sys.argv[5],
+         int(sys.argv[6]) if len(sys.argv) > 6 else None)

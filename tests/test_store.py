@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import zarr
 
-from probing.store import ArraySpec, CaptureStore, NotACaptureStoreError, StoreMismatchError, open_capture
+from probing.store import (ArraySpec, CaptureStore, NotACaptureStoreError, StoreMismatchError,
+                           default_prompts_per_shard, fast_codecs_available, open_capture)
 
 REPO = Path(__file__).resolve().parents[1]
 WRITER = Path(__file__).with_name("_store_writer.py")
@@ -25,9 +26,10 @@ _spec.loader.exec_module(W)
 N = W.N_PROMPTS
 
 
-def _writer(url: str, rank: int, world: int, delay: float, log: Path) -> subprocess.Popen:
+def _writer(url: str, rank: int, world: int, delay: float, log: Path, per_shard: int = 1) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, str(WRITER), url, str(rank), str(world), str(delay), str(log)],
+    return subprocess.Popen([sys.executable, str(WRITER), url, str(rank), str(world), str(delay), str(log),
+                             str(per_shard)],
                             cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
 
 
@@ -78,11 +80,12 @@ def test_round_trip_keeps_maps_prompts_labels_and_ids(store):
     assert [layer["name"] for layer in meta["layers"]] == [s.name for s in W.SPECS]
 
 
-def test_each_prompt_is_one_shard_with_named_dims_fp16_and_blosc_zstd(store):
+def test_each_block_of_prompts_is_one_shard_with_named_dims_fp16_and_blosc_zstd(store):
+    assert store.prompts_per_shard == 3  # 12 prompts: 3 per shard, so 4 ranks would still own a shard each
     for spec, key_dim in zip(W.SPECS, ("key_16", "key_7")):  # "key" has two sizes -> sized names
         array = zarr.open_array(store.url, path=spec.array_name, mode="r")
         assert array.shape == (N, *spec.shape) and array.dtype == np.float16
-        assert array.shards == (1, *spec.shape) and array.chunks == (1, *spec.shape)
+        assert array.shards == (3, *spec.shape) and array.chunks == (1, *spec.shape)
         assert array.metadata.dimension_names == ("prompt", "step", "query", key_dim)
         sharding = array.metadata.to_dict()["codecs"][0]
         assert sharding["name"] == "sharding_indexed"
@@ -91,7 +94,40 @@ def test_each_prompt_is_one_shard_with_named_dims_fp16_and_blosc_zstd(store):
         assert array.attrs["module"] == spec.attrs["module"] and array.attrs["melodia_name"] == spec.name
     store.write_prompt(2, W.maps_for(2))
     shard_dir = Path(store.url) / W.SPECS[0].array_name / "c"
-    assert [p.relative_to(shard_dir).as_posix() for p in shard_dir.rglob("*") if p.is_file()] == ["2/0/0/0"]
+    assert [p.relative_to(shard_dir).as_posix() for p in shard_dir.rglob("*") if p.is_file()] == ["0/0/0/0"]
+    assert zarr.open_array(store.url, path="done", mode="r").chunks == (3,)  # done: one chunk per shard too
+
+
+def test_prompts_of_one_shard_are_written_in_one_call_and_read_back_in_order(store):
+    batch = [5, 3, 4]  # any order: rows follow the indices
+    maps = {s.name: np.stack([W.maps_for(i)[s.name] for i in batch]) for s in W.SPECS}
+    store.write_prompts(batch, maps)
+    assert np.flatnonzero(store.done_mask()).tolist() == [3, 4, 5]
+    for k, spec in enumerate(W.SPECS):
+        np.testing.assert_array_equal(store.read(spec.name, [3, 4, 5])[:, 0, 0, 0], np.array([3, 4, 5]) + 0.5 * k)
+    with pytest.raises(ValueError, match="wrong shapes"):  # one row per index
+        store.write_prompts([6, 7], {s.name: maps[s.name][:1] for s in W.SPECS})
+    with pytest.raises(IndexError, match="distinct"):
+        store.write_prompts([6, 6], {s.name: maps[s.name][:2] for s in W.SPECS})
+    assert not store.done_mask()[6:].any()
+
+
+def test_a_shard_resumed_with_holes_keeps_the_prompts_already_in_it(store):
+    store.write_prompt(7, W.maps_for(7))  # shard 2 holds prompts 6-8: 7 is done, 6 and 8 come later, together
+    assert store.shard_batches(store.pending()) == [[0, 1, 2], [3, 4, 5], [6, 8], [9, 10, 11]]
+    store.write_prompts([6, 8], {s.name: np.stack([W.maps_for(i)[s.name] for i in (6, 8)]) for s in W.SPECS})
+    np.testing.assert_array_equal(store.read(W.SPECS[0].name, [6, 7, 8])[:, 0, 0, 0], [6, 7, 8])
+
+
+def test_ranks_own_whole_shards():
+    store = CaptureStore.create(f"memory://melodia-test-{uuid.uuid4().hex}/r.zarr", **W.KWARGS, prompts_per_shard=2)
+    assert [store.pending(rank, 3) for rank in range(3)] == [[0, 1, 6, 7], [2, 3, 8, 9], [4, 5, 10, 11]]
+    assert store.shard_batches([2, 3, 8]) == [[2, 3], [8]]
+
+
+def test_the_default_shard_leaves_every_rank_work():
+    assert default_prompts_per_shard(1024) == 8 and default_prompts_per_shard(1024, world=64) == 4
+    assert default_prompts_per_shard(12, world=2) == 1 and default_prompts_per_shard(3) == 1
 
 
 def test_wrong_or_missing_maps_raise_and_leave_the_prompt_pending(store):
@@ -190,15 +226,36 @@ def test_a_killed_capture_resumes_without_losing_or_rewriting_a_prompt(tmp_path)
     _assert_all_prompts_hold_their_index(open_capture(url))
 
 
-def test_two_ranks_writing_one_store_concurrently_lose_nothing(tmp_path):
+@pytest.mark.parametrize("per_shard, owned", [(1, [[0, 2, 4, 6, 8, 10], [1, 3, 5, 7, 9, 11]]),
+                                               (3, [[0, 1, 2, 6, 7, 8], [3, 4, 5, 9, 10, 11]])])
+def test_two_ranks_writing_one_store_concurrently_lose_nothing(tmp_path, per_shard, owned):
     url = str(tmp_path / "run.zarr")
     logs = [tmp_path / f"rank{r}.txt" for r in (0, 1)]
-    procs = [_writer(url, r, 2, 0.01, logs[r]) for r in (1, 0)]  # rank 1 starts first and must wait
+    procs = [_writer(url, r, 2, 0.01, logs[r], per_shard) for r in (1, 0)]  # rank 1 starts first and must wait
     for returncode, stderr in map(_finish, procs):
         assert returncode == 0, stderr
     for rank in (0, 1):
-        assert [i for _, i in _log(logs[rank])] == list(range(rank, N, 2))
+        assert [i for _, i in _log(logs[rank])] == owned[rank]
     _assert_all_prompts_hold_their_index(open_capture(url))
+
+
+@pytest.mark.skipif(not fast_codecs_available(), reason="zarrs not installed")
+def test_maps_are_encoded_by_zarrs_without_changing_the_users_zarr_config(store):
+    before = zarr.config.get("codec_pipeline.path")
+    store.write_prompt(0, W.maps_for(0))
+    pipeline = store._array(W.SPECS[0].array_name)._async_array.codec_pipeline
+    assert type(pipeline).__module__.startswith("zarrs")
+    assert zarr.config.get("codec_pipeline.path") == before
+    plain = zarr.open_array(store.url, path=W.SPECS[0].array_name, mode="r")  # the default pipeline reads it
+    assert not type(plain._async_array.codec_pipeline).__module__.startswith("zarrs")
+    assert float(plain[0, 0, 0, 0]) == 0.0 and np.isnan(plain[1, 0, 0, 0])
+
+
+def test_melodia_zarrs_0_switches_the_store_to_zarr_pythons_codecs(store, monkeypatch):
+    monkeypatch.setenv("MELODIA_ZARRS", "0")
+    store.write_prompt(1, W.maps_for(1))
+    assert not type(store._array(W.SPECS[0].array_name)._async_array.codec_pipeline).__module__.startswith("zarrs")
+    assert float(store.read(W.SPECS[0].name, [1])[0, 0, 0, 0]) == 1.0
 
 
 def test_other_ranks_time_out_or_fail_clearly(store, tmp_path):
@@ -211,7 +268,7 @@ def test_other_ranks_time_out_or_fail_clearly(store, tmp_path):
         CaptureStore.open_for_rank(str(tmp_path / "other"), rank=1, world=2, timeout=0.2, poll=0.05, **W.KWARGS)
     with pytest.raises(StoreMismatchError):
         CaptureStore.open_for_rank(store.url, rank=1, world=2, **{**W.KWARGS, "identity": {"model_id": "x"}})
-    assert CaptureStore.open_for_rank(store.url, rank=1, world=2, **W.KWARGS).pending(1, 2) == list(range(1, N, 2))
+    assert CaptureStore.open_for_rank(store.url, rank=1, world=2, **W.KWARGS).pending(1, 2) == [3, 4, 5, 9, 10, 11]
 
 
 def test_plain_xarray_reads_the_consolidated_store_without_melodia(store, tmp_path):
@@ -219,7 +276,7 @@ def test_plain_xarray_reads_the_consolidated_store_without_melodia(store, tmp_pa
         store.write_prompt(i, W.maps_for(i))
     store.consolidate()
     assert "consolidated_metadata" in json.loads((Path(store.url) / "zarr.json").read_text())
-    (Path(store.url) / W.SPECS[0].array_name / "c" / "11" / "0" / "0" / "0").write_bytes(b"corrupt")  # lazy: unread
+    (Path(store.url) / W.SPECS[0].array_name / "c" / "3" / "0" / "0" / "0").write_bytes(b"corrupt")  # lazy: unread
     code = (
         "import json, sys, xarray as xr\n"
         f"ds = xr.open_zarr({store.url!r}, consolidated=True)\n"
@@ -242,7 +299,7 @@ def test_plain_xarray_reads_the_consolidated_store_without_melodia(store, tmp_pa
 
 def test_a_memory_url_works_end_to_end():
     url = f"memory://melodia-test-{uuid.uuid4().hex}/run.zarr"
-    store = CaptureStore.create(url, **W.KWARGS)
+    store = CaptureStore.create(url, **W.KWARGS, prompts_per_shard=1)
     for i in store.pending(rank=1, world=3):
         store.write_prompt(i, W.maps_for(i))
     assert open_capture(url).pending() == [i for i in range(N) if i % 3 != 1]
