@@ -224,6 +224,9 @@ def run_benchmark(plan: BenchPlan, editor, out: str | Path, scorer: Scorer, *, s
     """
     from tqdm import tqdm
 
+    from probing.threads import configure_threads
+
+    configure_threads()  # one launch's processes share the cores instead of fighting over them
     out = Path(out)
     mine = plan.chosen[shard.rank::shard.world]
     folder = plan.manifest.check_files(mine, data_dir)

@@ -12,6 +12,7 @@ import sys
 from editing.commands import bench, capture, demo, edit, generate, layers, probe, synth
 from editing.commands import eval as eval_command  # plain `eval` would shadow the builtin
 from probing.errors import MelodiaError
+from probing.threads import configure_threads
 
 COMMANDS = (demo, synth, generate, layers, capture, probe, edit, eval_command, bench)
 USER_ERRORS = (MelodiaError, FileNotFoundError)  # the store's errors are MelodiaErrors too
@@ -24,6 +25,9 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with: melodia demo   |   melodia COMMAND --help for examples")
     parser.add_argument("--verbose", action="store_true",
                         help="show the libraries' own warnings and log messages (hidden by default)")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="torch threads of this process (default: torch's, or under torchrun / RANK+WORLD_SIZE "
+                             "the cores divided among the ranks; MELODIA_THREADS and OMP_NUM_THREADS also set it)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.add_parser(sub)
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_libraries()
     try:
+        configure_threads(args.threads)
         if getattr(args, "model", None) is not None:
             from probing.models import check_model_name
 

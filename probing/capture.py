@@ -32,6 +32,7 @@ from probing.maps import Reduction
 from probing.prompts import PromptSet
 from probing.recorder import AttentionRecorder
 from probing.store import ArraySpec, CaptureStore
+from probing.threads import configure_threads
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,7 @@ def capture(model, prompts: PromptSet, url: str, settings: CaptureSettings = Cap
 def _capture(model, prompts: PromptSet, url: str, settings: CaptureSettings, overwrite: bool,
              progress: bool) -> CaptureStore:
     rank, world = distributed_rank()
+    configure_threads()  # one launch's ranks share the cores instead of fighting over them
     table = _with_context_tokens(measure_layer_table(model), model.context_tokens(prompts.prompts))
     spans = prompt_token_spans(model, prompts)
     store, modules = open_store(model, prompts, url, settings, table, rank, world, overwrite, spans)
