@@ -50,6 +50,9 @@ class AttentionCall:
 
 
 QKReplacer = Callable[[AttentionCall, str, torch.Tensor], "torch.Tensor | None"]
+TORCH_SDPA = torch.nn.functional.scaled_dot_product_attention  # torch's own, whatever wraps it later
+# attend(call, query, key, value, sdpa_kwargs, torch_sdpa) -> the attention output, or None for torch's own SDPA
+Attender = Callable[[AttentionCall, torch.Tensor, torch.Tensor, torch.Tensor, dict, Callable], "torch.Tensor | None"]
 
 
 def _timestep_of(args: tuple, kwargs: dict) -> float | None:
@@ -73,13 +76,17 @@ class AttentionHooks:
     """Context manager: hooks on `paths` (attention modules of `model.denoiser`).
 
     on_call(call) runs after each module forward; replace(call, "q"|"k", tensor) may return a
-    tensor that replaces the projection output. With `expected_per_forward`, every denoiser
-    forward must produce exactly that many calls, else RuntimeError (a diffusers change that
-    bypasses the hooks fails loudly instead of capturing nothing).
+    tensor that replaces the projection output. attend(call, q, k, v, kwargs, sdpa) sees every
+    `torch.nn.functional.scaled_dot_product_attention` call made inside a hooked module's forward
+    (heads split, as the processor passes them) and may return the output in its place (None:
+    torch computes it; `sdpa` is torch's function, for the rows it leaves to torch); SDPA calls outside the hooked modules are untouched. With
+    `expected_per_forward`, every denoiser forward must produce exactly that many calls, else
+    RuntimeError (a diffusers change that bypasses the hooks fails loudly instead of capturing nothing).
     """
 
     def __init__(self, model, paths: Iterable[str], on_call: Callable[[AttentionCall], None] | None = None,
-                 replace: QKReplacer | None = None, expected_per_forward: int | None = None):
+                 replace: QKReplacer | None = None, expected_per_forward: int | None = None,
+                 attend: Attender | None = None):
         self.model = model
         modules = model.attention_modules()
         self.paths = list(paths)
@@ -88,7 +95,9 @@ class AttentionHooks:
             raise MelodiaError(f"{unknown[0]} is not an attention module of {model.name}; see `melodia layers`")
         self.modules = {p: modules[p] for p in self.paths}
         self._signatures: dict[type, inspect.Signature] = {}
-        self.on_call, self.replace = on_call, replace
+        self.on_call, self.replace, self.attend = on_call, replace, attend
+        self._running: AttentionCall | None = None  # the hooked module forward in progress
+        self._torch_sdpa: Callable | None = None  # the SDPA this context wrapped (restored on exit)
         self.expected = expected_per_forward
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._pending: dict[str, AttentionCall] = {}
@@ -126,8 +135,9 @@ class AttentionHooks:
     def _module_pre(self, path):
         def hook(module, args, kwargs):
             call_kwargs = self._bound_kwargs(module, args, kwargs)
-            self._pending[path] = AttentionCall(path, module, self.model.attention_kind(module, call_kwargs),
-                                                self._timestep, self._forwards, self._latent_hw, call_kwargs)
+            self._pending[path] = self._running = AttentionCall(
+                path, module, self.model.attention_kind(module, call_kwargs), self._timestep, self._forwards,
+                self._latent_hw, call_kwargs)
         return hook
 
     def _projection(self, path, taps):
@@ -156,6 +166,7 @@ class AttentionHooks:
     def _module_post(self, path):
         def hook(module, args, output):
             call = self._pending.pop(path, None)
+            self._running = None
             if call is None:
                 return
             self._calls_this_forward += 1
@@ -163,8 +174,24 @@ class AttentionHooks:
                 self.on_call(call)
         return hook
 
+    def _sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        """Stands in for torch's SDPA inside this context: hooked modules' calls go to `attend` first."""
+        call = self._running
+        if call is not None and self.attend is not None and self._torch_sdpa is not None:
+            sdpa_kwargs = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal, "scale": scale,
+                           **kwargs}
+            output = self.attend(call, query, key, value, sdpa_kwargs, TORCH_SDPA)  # not an outer wrapper
+            if output is not None:
+                return output
+        return self._previous_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
+                                   is_causal=is_causal, scale=scale, **kwargs)
+
     # ---- context -----------------------------------------------------------------------------
     def __enter__(self) -> "AttentionHooks":
+        if self.attend is not None:
+            self._previous_sdpa = torch.nn.functional.scaled_dot_product_attention
+            self._torch_sdpa = self._sdpa  # one bound method object: `remove` recognises it by identity
+            torch.nn.functional.scaled_dot_product_attention = self._torch_sdpa
         try:
             denoiser = self.model.denoiser
             self._handles.append(denoiser.register_forward_pre_hook(self._denoiser_pre, with_kwargs=True))
@@ -190,6 +217,12 @@ class AttentionHooks:
             handle.remove()
         self._handles.clear()
         self._pending.clear()
+        self._running = None
+        if self._torch_sdpa is not None:
+            if torch.nn.functional.scaled_dot_product_attention is self._torch_sdpa:
+                torch.nn.functional.scaled_dot_product_attention = self._previous_sdpa
+            # else a later context wrapped ours and restores it on its exit; ours then passes calls through
+            self._torch_sdpa = None
 
     @property
     def forwards(self) -> int:

@@ -74,17 +74,40 @@ def attention_probs_reduced(query: torch.Tensor, key: torch.Tensor, scale: float
     heads pairwise into H/2 differential maps, sum_i sign_i * softmax_i, first half with second
     half (a differential map's rows sum to 0). Returns float32 (B, H', Q', K').
     """
+    return attention_reduced(query, key, scale, mask, query_grid, key_grid, reduction, head_signs)[0]
+
+
+def attention_reduced(query: torch.Tensor, key: torch.Tensor, scale: float, mask: torch.Tensor | None,
+                      query_grid: tuple[int, int], key_grid: tuple[int, int] | None, reduction: Reduction,
+                      head_signs: torch.Tensor | None = None, value: torch.Tensor | None = None,
+                      rows: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(reduced map of batch `rows`, attention output or None): one pass over the probabilities.
+
+    With `value` (B, H, M, dv) the output softmax(Q K^T * scale + mask) V of every batch row is made
+    from the same float32 probabilities as the map, chunk by chunk, and returned in `value`'s dtype:
+    recording then costs the reduction, not a second attention. Shapes as `attention_probs_reduced`.
+    """
     batch, heads, n_query, _ = query.shape
     n_key = key.shape[2]
     rows_per_chunk = max(1, int(reduction.memory_mb * 2**20) // (4 * batch * heads * n_key))
     key_out = reduction.pooled(key_grid) if key_grid is not None else None
-    chunks = []
+    keys = key.float().transpose(-1, -2)
+    values = value.float() if value is not None else None
+    chunks, outputs = [], []
     for start in range(0, n_query, rows_per_chunk):
-        q = query[:, :, start:start + rows_per_chunk].float()
-        logits = q @ key.float().transpose(-1, -2) * scale
-        if mask is not None:
-            logits = logits + (mask if mask.shape[-2] == 1 else mask[:, :, start:start + rows_per_chunk]).float()
+        stop = start + rows_per_chunk
+        if values is None:  # the map's rows only
+            logits = query[rows, :, start:stop].float() @ keys[rows] * scale
+            chunk_mask = mask if mask is None or mask.shape[0] == 1 else mask[rows]  # batch 1: broadcast
+        else:  # every row: the output needs them all
+            logits = query[:, :, start:stop].float() @ keys * scale
+            chunk_mask = mask
+        if chunk_mask is not None:
+            logits = logits + (chunk_mask if chunk_mask.shape[-2] == 1 else chunk_mask[:, :, start:stop]).float()
         probs = logits.softmax(dim=-1)
+        if values is not None:
+            outputs.append(probs @ values)
+            probs = probs[rows]
         if head_signs is not None:
             signed = probs * head_signs.to(probs).view(1, -1, 1, 1)
             probs = signed.unflatten(1, (2, -1)).sum(dim=1)
@@ -93,9 +116,19 @@ def attention_probs_reduced(query: torch.Tensor, key: torch.Tensor, scale: float
         if key_grid is not None:
             probs = _pool_grid(probs, key_grid, key_out, keep_mass=True)
         chunks.append(probs)
-    probs = torch.cat(chunks, dim=2)  # (B, H', N, K')
+    probs = torch.cat(chunks, dim=2)  # (B', H', N, K')
     query_out = reduction.pooled(query_grid)
-    return _pool_grid(probs.transpose(-1, -2), query_grid, query_out, keep_mass=False).transpose(-1, -2)
+    reduced = _pool_grid(probs.transpose(-1, -2), query_grid, query_out, keep_mass=False).transpose(-1, -2)
+    output = torch.cat(outputs, dim=2).to(value.dtype) if value is not None else None
+    return reduced, output
+
+
+def map_grids(model, call: AttentionCall, n_query: int, n_key: int) -> tuple[tuple[int, int], tuple[int, int] | None]:
+    """(query grid, key grid or None for text keys) of one call's map with these token counts."""
+    query_grid = model.token_grid(n_query, call.latent_hw)
+    if call.kind != "self":
+        return query_grid, None
+    return query_grid, query_grid if n_key == n_query else model.token_grid(n_key, call.latent_hw)
 
 
 def reduce_call(model, call: AttentionCall, reduction: Reduction, rows: slice = slice(None)) -> torch.Tensor:
@@ -104,10 +137,7 @@ def reduce_call(model, call: AttentionCall, reduction: Reduction, rows: slice = 
     mask = model.map_mask(call.module, call.call_kwargs, query.shape[2], key.shape[2], query.shape[0])
     query, key = query[rows], key[rows]
     mask = mask[rows] if mask is not None else None
-    query_grid = model.token_grid(query.shape[2], call.latent_hw)
-    key_grid = query_grid if call.kind == "self" else None
-    if call.kind == "self" and key.shape[2] != query.shape[2]:
-        key_grid = model.token_grid(key.shape[2], call.latent_hw)
+    query_grid, key_grid = map_grids(model, call, query.shape[2], key.shape[2])
     scale = getattr(call.module, "scale", getattr(call.module, "scaling", query.shape[-1] ** -0.5))
     return attention_probs_reduced(query, key, scale, mask, query_grid, key_grid, reduction,
                                    model.head_signs(call.module)).cpu()

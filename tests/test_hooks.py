@@ -22,12 +22,37 @@ def latents(model, steps=3, guidance=3.0):
     return model.generate(PROMPT, steps=steps, guidance=guidance, seed=0, decode=False)
 
 
-def test_capture_never_changes_the_output(untrained_testbed):
+def test_recording_in_two_passes_never_changes_the_output(untrained_testbed):
     before = latents(untrained_testbed)
-    with AttentionRecorder(untrained_testbed, "*") as recorder:
+    with AttentionRecorder(untrained_testbed, "*", one_pass=False) as recorder:
         during = latents(untrained_testbed)
     assert np.array_equal(before, during)
     assert all(len(recorder.records[m.path]) == 3 for m in recorder.modules)  # every module, every step
+    assert recorder.one_pass_calls == 0
+
+
+def test_one_pass_makes_output_and_map_from_the_same_probabilities(untrained_testbed):
+    before = latents(untrained_testbed)
+    with AttentionRecorder(untrained_testbed, "*", one_pass=False) as second_pass:
+        latents(untrained_testbed)
+    with AttentionRecorder(untrained_testbed, "*") as one_pass:
+        during = latents(untrained_testbed)
+    assert one_pass.one_pass_calls == 3 * len(one_pass.modules)  # every recorded call took the one pass
+    error = np.abs(during - before).max()
+    assert 0 < error < 1e-4 * np.abs(before).max()  # float rounding, not the same kernel: not bit for bit
+    for module in one_pass.modules:
+        np.testing.assert_allclose(one_pass.stacked(module.path)[1].astype(np.float32),
+                                   second_pass.stacked(module.path)[1].astype(np.float32), rtol=0, atol=1e-3)
+
+
+def test_steps_not_recorded_keep_torchs_attention_bit_for_bit(untrained_testbed):
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    before = latents(untrained_testbed)
+    with AttentionRecorder(untrained_testbed, "*", timesteps=[-1.0]) as recorder:  # no step has t = -1
+        assert torch.nn.functional.scaled_dot_product_attention is not sdpa  # the wrapper is in place...
+        during = latents(untrained_testbed)
+    assert np.array_equal(before, during) and recorder.one_pass_calls == 0  # ...and passed every call through
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa
 
 
 def test_no_hook_remains_after_an_exception(untrained_testbed):
@@ -102,3 +127,17 @@ def test_the_recorder_keeps_the_text_conditioned_half(untrained_testbed):
     assert both.shape[0] == 2 and kept.shape[1] == 1
     torch.testing.assert_close(torch.from_numpy(kept[0, 0]).float(), both[1], atol=1e-3, rtol=0)
     assert not torch.allclose(both[0], both[1], atol=1e-3)  # uncond and cond really differ
+
+
+def test_nested_recorders_both_record_and_restore_torchs_attention(untrained_testbed):
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    # both built before either context opens: building one measures the layer table with a forward
+    outer, inner = AttentionRecorder(untrained_testbed, "*"), AttentionRecorder(untrained_testbed, "*")
+    with outer:
+        with inner:
+            latents(untrained_testbed, steps=1)
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa
+    assert inner.one_pass_calls == len(inner.modules) and outer.one_pass_calls == 0  # the inner one attended
+    for module in inner.modules:
+        np.testing.assert_allclose(inner.stacked(module.path)[1].astype(np.float32),
+                                   outer.stacked(module.path)[1].astype(np.float32), rtol=0, atol=1e-3)

@@ -185,7 +185,7 @@ def test_capture_never_changes_the_output(model):
             counter.remove()
 
     recorder = check_capture_changes_nothing(model, generate)
-    assert batches == [[2, 2], [2, 2]], "one [uncond, cond] forward per step, without and with capture"
+    assert batches == [[2, 2]] * 3, "one [uncond, cond] forward per step: plain, two-pass and one-pass capture"
     for module in recorder.modules:
         steps, maps = recorder.stacked(module.path)
         assert steps == model.sampling_timesteps(2) and maps.shape[1] == 1, "the cond row of each step's batch"

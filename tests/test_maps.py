@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from probing.hooks import AttentionHooks
-from probing.maps import Reduction, reduce_call
+from probing.maps import Reduction, attention_probs_reduced, attention_reduced, reduce_call
 
 SELF = "up_blocks.2.attentions.0.transformer_blocks.0.attn1"
 CROSS = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
@@ -60,3 +61,24 @@ def test_chunking_does_not_change_the_maps(untrained_testbed, calls):
     whole = reduce_call(untrained_testbed, calls[SELF], Reduction(grid=(16, 4)))
     chunked = reduce_call(untrained_testbed, calls[SELF], Reduction(grid=(16, 4), memory_mb=0))
     torch.testing.assert_close(whole, chunked, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("mask_batch", [None, 1, 2])
+def test_one_pass_output_is_torchs_attention_and_its_map_the_second_pass_map(mask_batch):
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(2, 4, 32, 8, generator=generator) for _ in range(3))
+    mask = None
+    if mask_batch is not None:  # additive: the last 2 time rows of keys hidden, also by a batch-1 mask that broadcasts
+        mask = torch.zeros(mask_batch, 1, 1, 32)
+        mask[..., -8:] = float("-inf")
+    reduction = Reduction(heads="mean", grid=(4, 2), memory_mb=0)  # one query row per chunk: chunking exercised
+    reduced, output = attention_reduced(query, key, 8 ** -0.5, mask, (8, 4), (8, 4), reduction, value=value,
+                                        rows=slice(1, None))
+    torch.testing.assert_close(output, F.scaled_dot_product_attention(query, key, value, attn_mask=mask),
+                               atol=1e-5, rtol=1e-5)
+    second_pass = attention_probs_reduced(query[1:], key[1:], 8 ** -0.5, None if mask is None else mask[-1:],
+                                          (8, 4), (8, 4), reduction)
+    torch.testing.assert_close(reduced, second_pass, atol=1e-6, rtol=1e-6)
+    assert reduced.shape == (1, 1, 8, 8)
+    if mask is not None:  # the hidden keys' pooled cell (the last time row of the 4x2 key grid) holds no mass
+        assert reduced[..., -2:].abs().max() == 0 and reduced[..., :-2].sum(-1).sub(1).abs().max() < 1e-5

@@ -4,9 +4,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from _adapter_checks import attention_error, guided_step, recorded_attention
+from _adapter_checks import attention_error, check_capture_changes_nothing, guided_step, recorded_attention
 from probing.layers import measure_layer_table
-from probing.recorder import AttentionRecorder
 
 PROMPT = "a sad waltz played on violin"
 
@@ -23,10 +22,8 @@ def test_one_layer_per_dit_block_of_self_then_cross_attention(untrained_testbed_
 
 def test_capture_keeps_the_output_and_sees_the_sampling_timesteps(untrained_testbed_dit):
     model = untrained_testbed_dit
-    before = model.generate(PROMPT, steps=3, guidance=3.0, seed=0, decode=False)
-    with AttentionRecorder(model, "self:1+cross:12") as recorder:
-        during = model.generate(PROMPT, steps=3, guidance=3.0, seed=0, decode=False)
-    assert np.array_equal(before, during)
+    recorder = check_capture_changes_nothing(
+        model, lambda: model.generate(PROMPT, steps=3, guidance=3.0, seed=0, decode=False))
     for module in recorder.modules:
         timesteps, maps = recorder.stacked(module.path)
         assert timesteps == model.sampling_timesteps(3) and len(maps) == 3
