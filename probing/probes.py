@@ -136,7 +136,7 @@ def _init_weights(n_probes: int, d: int, hidden: int, n_classes: int, generator:
         bound = 1.0 / fan_in ** 0.5
         weights.append((torch.rand(n_probes, fan_in, fan_out, generator=generator) * 2 - 1) * bound)
         weights.append(torch.zeros(n_probes, 1, fan_out))
-    return [w.requires_grad_() for w in weights]
+    return weights
 
 
 def _logits(weights: list[torch.Tensor], z: torch.Tensor) -> torch.Tensor:
@@ -157,18 +157,36 @@ def _sample_weights(y: torch.Tensor, n_classes: int) -> torch.Tensor:
 
 def train_batched(z: torch.Tensor, y: torch.Tensor, n_classes: int, hidden: int, settings: ProbeSettings,
                   generator: torch.Generator) -> list[torch.Tensor]:
-    """Fit P independent probes at once: z (P, n, d) float, y (P, n) class indices -> weights."""
+    """Fit P independent probes at once: z (P, n, d) float, y (P, n) class indices -> weights.
+
+    Full-batch AdamW on the class-balanced cross-entropy. The gradients are written out by hand
+    (softmax - one-hot, back through the ReLU layer): the values autograd gives (tests/test_probes.py
+    compares them), without its bookkeeping, which on these small batched matrices costs more than
+    the arithmetic (`python benchmarks/probe_speed.py` times both).
+    """
     weights = _init_weights(z.shape[0], z.shape[-1], hidden, n_classes, generator)
     optimiser = torch.optim.AdamW(weights, lr=settings.lr, weight_decay=settings.weight_decay)
-    sample_weights = _sample_weights(y, n_classes)
-    with torch.enable_grad():
-        for _ in range(settings.epochs):
-            optimiser.zero_grad(set_to_none=True)
-            logits = _logits(weights, z)
-            loss = F.cross_entropy(logits.transpose(1, 2), y, reduction="none")  # (P, n)
-            (loss * sample_weights).sum().backward()
-            optimiser.step()
-    return [w.detach() for w in weights]
+    sample_weights = _sample_weights(y, n_classes).unsqueeze(-1)  # (P, n, 1)
+    one_hot = F.one_hot(y, n_classes).to(z.dtype)
+    for _ in range(settings.epochs):
+        for weight, grad in zip(weights, _loss_gradients(weights, z, one_hot, sample_weights)):
+            weight.grad = grad
+        optimiser.step()
+    return weights
+
+
+def _loss_gradients(weights: list[torch.Tensor], z: torch.Tensor, one_hot: torch.Tensor,
+                    sample_weights: torch.Tensor) -> list[torch.Tensor]:
+    """d/dweights of sum(sample_weights * cross_entropy(_logits(weights, z), classes)), analytically."""
+    hidden_in = torch.baddbmm(weights[1], z, weights[0])
+    if len(weights) == 2:
+        grad = (torch.softmax(hidden_in, -1) - one_hot).mul_(sample_weights)
+        return [z.transpose(1, 2) @ grad, grad.sum(1, keepdim=True)]
+    hidden_out = torch.relu(hidden_in)
+    grad = (torch.softmax(torch.baddbmm(weights[3], hidden_out, weights[2]), -1) - one_hot).mul_(sample_weights)
+    grad_out = [hidden_out.transpose(1, 2) @ grad, grad.sum(1, keepdim=True)]
+    grad = (grad @ weights[2].transpose(1, 2)).mul_(hidden_in > 0)
+    return [z.transpose(1, 2) @ grad, grad.sum(1, keepdim=True), *grad_out]
 
 
 # ---- metrics ----------------------------------------------------------------------------------

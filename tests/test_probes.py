@@ -5,12 +5,14 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from probing.attribution import layer_attribution, map_attribution
 from probing.errors import MelodiaError
 from probing.features import LayerFeatures, key_summary, word_maps
-from probing.probes import (MLPProbe, ProbeSettings, balanced_accuracy, cluster_bootstrap_ci, control_labels,
-                            grouped_folds, probe_features, split_folds)
+from probing.probes import (MLPProbe, ProbeSettings, _init_weights, _logits, _loss_gradients, _sample_weights,
+                            balanced_accuracy, cluster_bootstrap_ci, control_labels, grouped_folds, probe_features,
+                            split_folds)
 
 FAST = ProbeSettings(hidden=32, components=16, epochs=80, bootstrap=200)
 
@@ -166,3 +168,20 @@ def test_the_random_split_shares_templates_and_an_unknown_split_is_refused():
     assert all(set(groups[test]) & set(np.delete(groups, test)) for test in folds)
     with pytest.raises(MelodiaError, match="unknown split 'prompt'"):
         split_folds("prompt", groups, 5, seed=0)
+
+
+@pytest.mark.parametrize("hidden", [0, 8])
+def test_hand_written_gradients_are_autograds(hidden):
+    generator = torch.Generator().manual_seed(0)
+    z, y = torch.randn(3, 40, 6, generator=generator), torch.randint(0, 5, (3, 40), generator=generator)
+    y[:, :5] = torch.arange(5)  # every class present
+    weights = [w.requires_grad_() for w in _init_weights(3, 6, hidden, 5, generator)]
+    sample_weights = _sample_weights(y, 5)
+    loss = (torch.nn.functional.cross_entropy(_logits(weights, z).transpose(1, 2), y, reduction="none")
+            * sample_weights).sum()
+    loss.backward()
+    ours = _loss_gradients([w.detach() for w in weights], z, torch.nn.functional.one_hot(y, 5).float(),
+                           sample_weights.unsqueeze(-1))
+    assert len(ours) == len(weights)
+    for weight, grad in zip(weights, ours):
+        torch.testing.assert_close(grad, weight.grad, atol=1e-7, rtol=1e-5)
