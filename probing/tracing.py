@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from probing.errors import MelodiaError
-from probing.layers import layer_names
+from probing.layers import LayerTable, layer_names
 from probing.maps import Reduction
 from probing.recorder import AttentionRecorder
 
@@ -92,14 +92,36 @@ class Trace:
 
     def __init__(self, model: DiffusionPipeline | DiffusionModel | str, layers: str = "cross:*",
                  reduction: Reduction = Reduction(grid=None)):
-        from probing.layers import measure_layer_table
-        from probing.models import load_model
+        from probing.models import adapter_for, load_model
 
-        self.model = model if hasattr(model, "attention_modules") else load_model(model)
-        self.table = measure_layer_table(self.model)
-        self.recorder = AttentionRecorder(self.model, layers=self.table.select(layers), reduction=reduction)
+        if isinstance(model, (str, Path)):
+            self.model = load_model(model)
+        else:  # a pipeline of a class melodia has no adapter for gets the generic one (tracing only)
+            self.model = model if hasattr(model, "attention_modules") else adapter_for(model, generic=True)
+        self.layers, self.reduction = layers, reduction
         self.prompts: list[str] = []
+        self.table: LayerTable | None = None
+        self.recorder: AttentionRecorder | None = None
         self._class: type | None = None
+        self._first_call = None
+        if getattr(self.model, "has_inputs", True):  # else the table is measured at the pipeline's first call
+            self._start_recorder()
+
+    def _start_recorder(self) -> None:
+        from probing.layers import measure_layer_table
+
+        self.table = measure_layer_table(self.model)
+        self.recorder = AttentionRecorder(self.model, layers=self.table.select(self.layers), reduction=self.reduction,
+                                          n_prompts=max(1, len(self.prompts)))
+
+    def _on_first_denoiser_call(self, module, args, kwargs) -> None:
+        """Generic adapter: measure the layer table with the pipeline's own inputs, then record this very call."""
+        self._first_call.remove()
+        self._first_call = None
+        self.model.remember_inputs(args, kwargs)
+        self._start_recorder()
+        self.recorder.__enter__()
+        self.recorder._hooks._denoiser_pre(module, args, kwargs)  # this call's timestep: its pre-hooks already ran
 
     # ---- recording -------------------------------------------------------------------------------
     def __enter__(self) -> Trace:
@@ -110,14 +132,19 @@ class Trace:
             prompt = kwargs.get("prompt", args[0] if args else None)
             if prompt is not None:
                 trace.prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-                trace.recorder.n_prompts = len(trace.prompts)
-            trace.recorder.records = {path: {} for path in trace.recorder.records}  # the last call is kept
+            if trace.recorder is not None:
+                trace.recorder.n_prompts = max(1, len(trace.prompts))
+                trace.recorder.records = {path: {} for path in trace.recorder.records}  # the last call is kept
             return trace._class.__call__(pipe, *args, **kwargs)
 
         # the same class with a __call__ that notes the prompt: a dunder cannot be patched on the instance
         pipeline.__class__ = type(self._class.__name__, (self._class,), {"__call__": call})
         try:
-            self.recorder.__enter__()
+            if self.recorder is not None:
+                self.recorder.__enter__()
+            else:
+                self._first_call = self.model.denoiser.register_forward_pre_hook(self._on_first_denoiser_call,
+                                                                                 with_kwargs=True)
         except BaseException:
             pipeline.__class__ = self._class
             raise
@@ -125,7 +152,11 @@ class Trace:
 
     def __exit__(self, *exc) -> None:
         try:
-            self.recorder.__exit__(*exc)
+            if self._first_call is not None:
+                self._first_call.remove()
+                self._first_call = None
+            if self.recorder is not None:
+                self.recorder.__exit__(*exc)
         finally:
             self.model.pipeline.__class__ = self._class
 
@@ -133,6 +164,8 @@ class Trace:
     @property
     def layer_names(self) -> list[str]:
         """The recorded modules by name: "cross:14" (or "cross:14/<alias>" where a layer holds several)."""
+        if self.recorder is None:
+            raise MelodiaError("nothing was recorded: call the pipeline inside `with trace(...)`")
         return layer_names(self.recorder.modules)
 
     def __getitem__(self, name: str) -> LayerMaps:

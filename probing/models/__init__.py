@@ -56,6 +56,11 @@ def _adapter_for(class_name: str, name: str) -> type[DiffusionModel]:
     raise MelodiaError(f"{name}: pipeline class {class_name} is not supported (supported: {', '.join(sorted(ADAPTERS))})")
 
 
+def _registered_base(pipeline_class: type) -> str | None:
+    """The nearest class in `pipeline_class`'s MRO that has an adapter (a user's subclass gets its parent's)."""
+    return next((c.__name__ for c in pipeline_class.__mro__ if c.__name__ in ADAPTERS), None)
+
+
 def _quiet_loading() -> None:
     """No per-component loading bars from diffusers/transformers: melodia shows its own progress."""
     import diffusers
@@ -164,8 +169,10 @@ def load_model(name_or_path: str | DiffusionPipeline = DEFAULT_MODEL, device: st
     return adapter(pipeline.to(device), str(name_or_path))
 
 
-def adapter_for(pipeline, name: str | None = None) -> DiffusionModel:
-    """The melodia adapter around a diffusers pipeline object, chosen by its class (see ADAPTERS).
+def adapter_for(pipeline, name: str | None = None, generic: bool = False) -> DiffusionModel:
+    """The melodia adapter around a diffusers pipeline object, chosen by its class or the nearest base
+    class that has one (see ADAPTERS); with `generic=True`, an unknown class gets the generic adapter
+    (tracing only, probing.models.generic).
 
     Raises:
         MelodiaError: the pipeline's class has no adapter (the supported classes are listed).
@@ -175,9 +182,13 @@ def adapter_for(pipeline, name: str | None = None) -> DiffusionModel:
     if not isinstance(pipeline, DiffusionPipeline):
         raise MelodiaError(f"load_model takes a model name, a folder, a hub id or a diffusers pipeline, "
                            f"not a {type(pipeline).__name__}")
-    class_name = type(pipeline).__name__
-    label = name or getattr(pipeline, "name_or_path", None) or class_name
-    return _adapter_for(class_name, label)(pipeline, label)
+    label = name or getattr(pipeline, "name_or_path", None) or type(pipeline).__name__
+    known = _registered_base(type(pipeline))
+    if known is None and generic:
+        from probing.models.generic import GenericModel
+
+        return GenericModel(pipeline, label)
+    return _adapter_for(known or type(pipeline).__name__, label)(pipeline, label)
 
 
 __all__ = ["Conditioning", "DiffusionModel", "ADAPTERS", "adapter_for", "load_model", "check_model_name", "TINY_NAMES",
