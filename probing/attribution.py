@@ -67,7 +67,7 @@ def layer_attribution(layers: list[LayerFeatures], labels: list[str],
         (np.setdiff1d(everything, test), test) for test in grouped_folds(np.asarray(groups), settings.folds)]
     drops = []
     for train, test in splits:
-        probe = MLPProbe(settings).fit(x[train].numpy(), y[train])
+        probe = MLPProbe.from_settings(settings).fit(x[train].numpy(), y[train])
         index = {c: i for i, c in enumerate(probe.classes_)}
         scored = [i for i in test if y[i] in index]
         if not scored:

@@ -19,20 +19,22 @@ exactly when the features carry the template, and the real task must beat what t
 alone explains. (A control of labels permuted between prompts is chance by construction.)
 
 Examples:
-    >>> probe = MLPProbe(hidden=32).fit(X_train, y_train)        # sklearn-style estimator
+    >>> probe = MLPProbe(hidden=32).fit(X_train, y_train)        # a scikit-learn estimator
     >>> probe.score(X_test, y_test)                               # balanced accuracy
     >>> scores = probe_features({"self:3/flat": X}, {"instrument": y}, groups=template_ids)
 """
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.exceptions import NotFittedError
 from sklearn.model_selection import GroupKFold, KFold
 
 from probing.errors import MelodiaError
@@ -355,21 +357,32 @@ def probe_features(features: dict[str, FeatureSet], labels: dict[str, list[str]]
 
 
 # ---- one fitted probe, as an estimator --------------------------------------------------------
-@dataclass
-class MLPProbe:
-    """A single probe with the scikit-learn estimator API (fit / predict / predict_proba / score).
-
-    Saved without pickle: weights as safetensors, settings and class names as JSON.
+class MLPProbe(ClassifierMixin, BaseEstimator):
+    """A single probe, a scikit-learn estimator: flat hyperparameters, so `clone`, `GridSearchCV` and
+    `cross_val_score(probe, X, y, groups=templates, cv=GroupKFold(5))` work; `score` is the balanced
+    accuracy. Saved without pickle: weights as safetensors, settings and class names as JSON.
 
     Examples:
-        >>> probe = MLPProbe(ProbeSettings(hidden=0)).fit(X, labels)      # linear baseline
+        >>> probe = MLPProbe(hidden=0).fit(X, labels)                    # linear baseline
+        >>> cross_val_score(MLPProbe(), X, labels, groups=template_ids, cv=GroupKFold(5))
         >>> probe.save("probe_self3"); MLPProbe.load("probe_self3").predict(X[:2])
     """
 
-    settings: ProbeSettings = field(default_factory=ProbeSettings)
-    classes_: list[str] = field(default_factory=list)
-    projection_: Projection | None = None
-    weights_: list[torch.Tensor] = field(default_factory=list)
+    def __init__(self, hidden: int = 32, components: int = 64, epochs: int = 100, lr: float = 3e-2,
+                 weight_decay: float = 1e-2, seed: int = 0):
+        self.hidden, self.components, self.epochs = hidden, components, epochs
+        self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
+
+    @classmethod
+    def from_settings(cls, settings: ProbeSettings) -> MLPProbe:
+        """The estimator with a profile's probe settings (folds and bootstrap are the profile's, not its)."""
+        return cls(settings.hidden, settings.components, settings.epochs, settings.lr, settings.weight_decay,
+                   settings.seed)
+
+    @property
+    def settings(self) -> ProbeSettings:
+        return ProbeSettings(hidden=self.hidden, components=self.components, epochs=self.epochs, lr=self.lr,
+                             weight_decay=self.weight_decay, seed=self.seed)
 
     def fit(self, x: np.ndarray, y: list[str] | np.ndarray, groups=None) -> MLPProbe:
         """Fit on all rows (`groups` is accepted for scikit-learn compatibility and not used)."""
@@ -384,8 +397,8 @@ class MLPProbe:
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Differentiable raw features (n, F) -> logits (n, C): what attribution methods call."""
-        if self.projection_ is None:
-            raise RuntimeError("MLPProbe is not fitted: call fit() first")
+        if getattr(self, "projection_", None) is None:
+            raise NotFittedError("MLPProbe is not fitted: call fit() first")
         return _logits(self.weights_, self.projection_(x)[None])[0]
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
@@ -405,8 +418,8 @@ class MLPProbe:
 
     def save(self, path: str | Path) -> None:
         """Write `path`.safetensors (tensors) and `path`.json (settings, classes)."""
-        if self.projection_ is None:
-            raise RuntimeError("MLPProbe is not fitted: nothing to save")
+        if getattr(self, "projection_", None) is None:
+            raise NotFittedError("MLPProbe is not fitted: nothing to save")
         path = Path(path)
         tensors = {"mean": self.projection_.mean, "components": self.projection_.components,
                    "scale": self.projection_.scale, **{f"w{i}": w[0].contiguous() for i, w in enumerate(self.weights_)}}
@@ -422,7 +435,8 @@ class MLPProbe:
             raise MelodiaError(f"{path.with_suffix('.json')} is not a melodia probe")
         tensors = load_file(str(path.with_suffix(".safetensors")))
         n_weights = sum(k.startswith("w") for k in tensors)
-        probe = cls(ProbeSettings(**meta["settings"]), list(meta["classes"]))
+        probe = cls.from_settings(ProbeSettings(**meta["settings"]))
+        probe.classes_ = list(meta["classes"])
         probe.projection_ = Projection(tensors["mean"], tensors["components"], tensors["scale"])
         probe.weights_ = [tensors[f"w{i}"][None] for i in range(n_weights)]
         return probe

@@ -77,7 +77,7 @@ def test_probing_is_deterministic_for_a_seed():
 
 def test_a_saved_probe_predicts_the_same_and_is_not_a_pickle(tmp_path):
     x, y, _ = labelled_features()
-    probe = MLPProbe(FAST).fit(x, y)
+    probe = MLPProbe.from_settings(FAST).fit(x, y)
     probe.save(tmp_path / "p")
     loaded = MLPProbe.load(tmp_path / "p")
     np.testing.assert_array_equal(loaded.predict(x), probe.predict(x))
@@ -93,7 +93,7 @@ def test_map_attribution_finds_the_cells_that_carry_the_label():
     maps = rng.normal(size=(n, 8, keys)).astype(np.float32) * 0.3
     maps[:, 5, 1] += 2.0 * y  # query cell (time 2, freq 1), key 1 holds the label
     labels = [str(v) for v in y]
-    probe = MLPProbe(FAST).fit(maps.reshape(n, -1), labels)
+    probe = MLPProbe.from_settings(FAST).fit(maps.reshape(n, -1), labels)
     heat = map_attribution(probe, maps.reshape(n, -1), labels, grid)
     assert heat.shape == (4, 2, keys)
     assert np.unravel_index(heat.argmax(), heat.shape) == (2, 1, 1)
@@ -185,3 +185,18 @@ def test_hand_written_gradients_are_autograds(hidden):
     assert len(ours) == len(weights)
     for weight, grad in zip(weights, ours):
         torch.testing.assert_close(grad, weight.grad, atol=1e-7, rtol=1e-5)
+
+
+def test_the_probe_is_a_scikit_learn_estimator():
+    from sklearn.base import clone
+    from sklearn.model_selection import GroupKFold, cross_val_score
+
+    x, y, groups = labelled_features()
+    probe = MLPProbe(hidden=16, components=8, epochs=60)
+    copy = clone(probe)
+    assert copy.get_params() == probe.get_params() and copy.get_params()["hidden"] == 16
+    scores = cross_val_score(probe, x, y, groups=groups, cv=GroupKFold(4))  # score: balanced accuracy
+    assert len(scores) == 4 and scores.min() > 0.8
+    noise = np.random.default_rng(1).normal(size=x.shape)
+    assert cross_val_score(probe, noise, y, groups=groups, cv=GroupKFold(4)).mean() < 0.45
+    assert MLPProbe.from_settings(FAST).settings == ProbeSettings(hidden=32, components=16, epochs=80)
