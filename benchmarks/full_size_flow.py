@@ -25,18 +25,17 @@ from editing.injection import inject_source_qk, record_source_qk
 from editing.repository import AttentionRepository
 from probing.maps import Reduction
 from probing.models import load_model
-from probing.models.tiny import load_reference_config
+from probing.models.registry import families
+from probing.models.tiny_parts import load_reference_config
 from probing.recorder import AttentionRecorder
 
-FAMILIES = {"ace-step": ("tiny-ace-step", "ace_step_transformer"),
-            "stable-audio-3": ("tiny-stable-audio-3", "stable_audio_3_transformer"),
-            "longcat": ("tiny-longcat", "longcat_audio_dit_transformer"),
-            "stable-audio": ("tiny-stable-audio", "stable_audio_open_transformer")}  # its latent: the 47.55 s window
+FLOW_FAMILIES = ("ace-step", "stable-audio-3", "longcat", "stable-audio")  # stable-audio: the 47.55 s window
 
 
 def full_size(family: str, seconds: float):
     """The family's adapter around its tiny pipeline with the full-size denoiser (random weights)."""
-    tiny, config = FAMILIES[family]
+    declared = families()[family]
+    tiny, config = declared.tiny, declared.reference_config
     model = load_model(tiny)
     model.clip_seconds = seconds
     denoiser = type(model.denoiser).from_config(load_reference_config(config)).eval()
@@ -109,7 +108,7 @@ def ratios(model, family: str, repeats: int) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--families", default=",".join(FAMILIES), help=f"comma-separated: {', '.join(FAMILIES)}")
+    parser.add_argument("--families", default=",".join(FLOW_FAMILIES), help=f"comma-separated: {', '.join(FLOW_FAMILIES)}")
     parser.add_argument("--seconds", type=float, default=10.0, help="clip length (default 10 s)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")

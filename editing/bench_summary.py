@@ -29,6 +29,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from editing.benchmark import METRIC_FIELDS, PLAN_FILE, SWEEP_MARK, base_condition, point_label, read_rows
+from editing.frontier import Y_METRICS, frontier_markdown, is_swept, matched_structure, plot_frontier, x_metric
+from editing.metric_labels import TABLE_METRICS
 from editing.metrics import adherence_musicality_balance, adherence_structure_balance
 from probing.errors import MelodiaError
 from probing.paths import atomic_output
@@ -36,11 +38,6 @@ from probing.paths import atomic_output
 RANGES = {"clap": (-1.0, 1.0), "lpaps": (0.0, math.inf), "chroma": (0.0, 1.0), "melody_raw_chroma": (0.0, 1.0),
           "melody_raw_pitch": (0.0, 1.0), "adherence": (0.0, 1.0), "ideal_log_mel_distance": (0.0, math.inf),
           "ideal_chroma_similarity": (0.0, 1.0), "ideal_melody_raw_chroma": (0.0, 1.0)}  # what each can take
-TABLE_METRICS = {  # shown in the Markdown table and the plot: label, higher is better
-    "clap": ("CLAP", True), "lpaps": ("LPAPS", False), "chroma": ("Chroma", True),
-    "melody_raw_chroma": ("Melody (raw chroma)", True), "melody_raw_pitch": ("Melody (raw pitch)", True),
-    "adherence": ("Classifier", True), "ideal_log_mel_distance": ("Log-mel to ideal", False),
-    "ideal_chroma_similarity": ("Chroma to ideal", True), "ideal_melody_raw_chroma": ("Melody to ideal", True)}
 BALANCES: dict[str, tuple[str, Callable, str, str]] = {
     "asb": ("ASB", adherence_structure_balance, "clap", "lpaps"),
     "amb": ("AMB", adherence_musicality_balance, "clap", "chroma"),
@@ -100,8 +97,6 @@ def summarize(out: str | Path, plot: bool = True) -> Summary:
 def _frontier(rows: list[dict], out: Path, plot: bool, title: str) -> tuple[str, list[str]]:
     """For a run swept over one setting: frontier.csv (matched-adherence gaps) and frontier.png, their
     Markdown and the files written; '' and [] otherwise (a stale frontier.csv/png is removed)."""
-    from editing.frontier import Y_METRICS, frontier_markdown, is_swept, matched_structure, plot_frontier, x_metric
-
     for name in ("frontier.csv", "frontier.png"):
         (out / name).unlink(missing_ok=True)
     if not is_swept(rows):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from editing.bench_summary import TABLE_METRICS
+from editing.metric_labels import TABLE_METRICS
 from editing.benchmark import SWEEP_MARK, base_condition, point_label
 
 LEVELS = 9  # adherence levels at which two curves are compared, spread over their overlap

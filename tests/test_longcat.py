@@ -19,7 +19,7 @@ from _adapter_checks import (attention_error, check_capture_changes_nothing, che
 from probing.layers import measure_layer_table
 from probing.models import load_model
 from probing.models.longcat import DUMMY_TEXT_TOKENS, AudioDiTAttentionGeometry, LongCatModel, build_tiny_pipeline
-from probing.models.tiny import _CONFIG_DIR
+from probing.models.tiny_parts import CONFIG_DIR
 
 # torch.nn.utils.weight_norm (the Wav-VAE's convolutions) is deprecated upstream.
 pytestmark = pytest.mark.filterwarnings("ignore:.*weight_norm.*:FutureWarning")
@@ -64,7 +64,7 @@ def test_load_model_picks_the_adapter_and_numbers_one_layer_per_block(model):
 
 
 def test_the_pinned_1b_config_builds_the_full_size_transformer():
-    config = json.loads((_CONFIG_DIR / "longcat_audio_dit_transformer.json").read_text())
+    config = json.loads((CONFIG_DIR / "longcat_audio_dit_transformer.json").read_text())
     with torch.device("meta"):
         transformer = LongCatAudioDiTTransformer(**{k: v for k, v in config.items() if not k.startswith("_")})
     assert sum(p.numel() for p in transformer.parameters()) == 981_955_648

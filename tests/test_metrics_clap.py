@@ -23,7 +23,7 @@ def clap_dir(tmp_path_factory) -> str:
     from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapProcessor,
                               ClapTextConfig)
 
-    from probing.models.tiny import roberta_tokenizer
+    from probing.models.tiny_parts import roberta_tokenizer
 
     tokenizer = roberta_tokenizer(77)
     config = ClapConfig(

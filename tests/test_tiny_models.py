@@ -9,8 +9,10 @@ import torch
 from diffusers import AudioLDM2UNet2DConditionModel, StableAudioDiTModel
 from diffusers.models.attention_processor import Attention
 
-from probing.models import tiny
-from probing.models.tiny import TINY_MODELS, build_tiny, load_reference_config, tiny_pipeline_dir
+from probing.models import tiny, tiny_parts
+from probing.models.registry import tiny_names
+from probing.models.tiny import build_tiny, tiny_pipeline_dir
+from probing.models.tiny_parts import load_reference_config
 
 # Upstream noise: torchsde's Brownian tree warns on float rounding at the ends of the sigma range.
 pytestmark = pytest.mark.filterwarnings("ignore:Should have t:UserWarning")
@@ -69,7 +71,7 @@ def state(pipe) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("name", tiny_names())
 def test_each_tiny_model_generates_a_finite_non_silent_clip(built, name):
     _, output = built(name)
     assert output.shape == EXPECTED_SHAPE[name]
@@ -77,7 +79,7 @@ def test_each_tiny_model_generates_a_finite_non_silent_clip(built, name):
     assert output.std() > 1e-3, "output is (near) silent or constant"
 
 
-@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("name", tiny_names())
 def test_save_and_reload_reproduces_the_output(built, name, tmp_path):
     pipe, output = built(name)
     pipe.save_pretrained(tmp_path, safe_serialization=True)
@@ -94,7 +96,7 @@ def test_save_and_reload_reproduces_the_output(built, name, tmp_path):
             assert getattr(reloaded, key)(text).input_ids == getattr(pipe, key)(text).input_ids
 
 
-@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("name", tiny_names())
 def test_the_seed_decides_every_weight(name):
     first, again, other = state(build_tiny(name, seed=0)), state(build_tiny(name, seed=0)), state(build_tiny(name, 1))
     assert first.keys() == again.keys() == other.keys()
@@ -104,7 +106,7 @@ def test_the_seed_decides_every_weight(name):
     assert len(changed) > 10
 
 
-@pytest.mark.parametrize("name", TINY_MODELS)
+@pytest.mark.parametrize("name", tiny_names())
 def test_a_fresh_build_is_in_eval_mode_like_a_loaded_one(name):
     pipe = build_tiny(name)
     modules = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
@@ -142,7 +144,7 @@ def test_tiny_unet_has_sd1_attention_pattern(built):
 
 def test_tokenizers_keep_music_words_whole_and_are_deterministic():
     text = "a sad waltz on violin"
-    roberta, t5, clip = tiny.roberta_tokenizer(), tiny.t5_tokenizer(), tiny.clip_tokenizer()
+    roberta, t5, clip = tiny_parts.roberta_tokenizer(), tiny_parts.t5_tokenizer(), tiny_parts.clip_tokenizer()
     assert roberta.tokenize(text) == ["a", "Ġsad", "Ġwaltz", "Ġon", "Ġviolin"]
     assert t5.tokenize(text) == ["▁a", "▁sad", "▁waltz", "▁on", "▁violin"]
     assert clip.tokenize(text) == ["a</w>", "sad</w>", "waltz</w>", "on</w>", "violin</w>"]
@@ -150,7 +152,7 @@ def test_tokenizers_keep_music_words_whole_and_are_deterministic():
     assert roberta.decode(roberta(unknown).input_ids, skip_special_tokens=True) == unknown
     assert t5.decode(t5(unknown).input_ids, skip_special_tokens=True) == unknown
     assert roberta.pad_token_id == 1 and t5.eos_token_id == 1 and t5.pad_token_id == 0
-    for make in (tiny.roberta_tokenizer, tiny.t5_tokenizer, tiny.clip_tokenizer):
+    for make in (tiny_parts.roberta_tokenizer, tiny_parts.t5_tokenizer, tiny_parts.clip_tokenizer):
         assert make().backend_tokenizer.to_str() == make().backend_tokenizer.to_str()
 
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from probing.errors import MelodiaError
 from probing.hub import hub_offline
+from probing.models.registry import families, module_path, tiny_names
 
 if TYPE_CHECKING:
     import torch
@@ -24,19 +25,13 @@ if TYPE_CHECKING:
 
     from probing.models.base import DiffusionModel
 
-# Pipeline class -> "module:adapter class", imported on first use (so `melodia --help` loads no torch).
-ADAPTERS = {"TestbedPipeline": "probing.models.testbed:TestbedModel",
-            "AudioLDM2Pipeline": "probing.models.audioldm2:AudioLDM2Model",
-            "StableAudioPipeline": "probing.models.stable_audio:StableAudioModel",
-            "StableDiffusionPipeline": "probing.models.unet:UNetModel",
-            "AceStepPipeline": "probing.models.ace_step:AceStepModel",
-            "StableAudio3Pipeline": "probing.models.stable_audio_3:StableAudio3Model",
-            "LongCatAudioDiTPipeline": "probing.models.longcat:LongCatModel",
-            "TestbedDiTPipeline": "probing.models.testbed_dit:TestbedDiTModel"}
 DEFAULT_MODEL = "testbed"
 SHIPPED_NAMES = ("testbed", "testbed-dit")
-TINY_NAMES = ("tiny-audioldm2", "tiny-stable-audio", "tiny-unet", "tiny-ace-step", "tiny-stable-audio-3",
-              "tiny-longcat")
+# Every family declares itself in its own file (probing.models.registry reads the declarations
+# without importing them, so `melodia --help` loads no torch); a family module is imported on first use.
+ADAPTERS = {pipeline: f"{module_path(name)}:{family.adapter}" for name, family in families().items()
+            for pipeline in family.pipelines}
+TINY_NAMES = tiny_names()
 BUILTIN_NAMES = (*SHIPPED_NAMES, *TINY_NAMES)
 
 

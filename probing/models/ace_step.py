@@ -43,6 +43,10 @@ from diffusers.models.transformers.ace_step_transformer import _create_4d_mask
 from probing.errors import MelodiaError
 from probing.models.base import Conditioning
 from probing.models.flow import FlowModel
+from probing.models.family import Family
+
+FAMILY = Family(name="ace-step", adapter="AceStepModel", pipelines=("AceStepPipeline",),
+                tiny="tiny-ace-step", reference_config="ace_step_transformer", order=4)
 
 # AceStepPipeline.__call__'s constants: APG (step 10), the text2music defaults and the reference-audio length.
 APG_MOMENTUM, APG_NORM_THRESHOLD, APG_ETA = -0.75, 2.5, 0.0
@@ -67,8 +71,8 @@ class AceStepModel(FlowModel):
     self-attentions). A guess by depth, not a measurement on ACE-Step: probe and pass --layers auto.
     """
 
-    family = "ace-step"
-    pipeline_classes = ("AceStepPipeline",)
+    family = FAMILY.name
+    pipeline_classes = FAMILY.pipelines
     pads_context_per_batch = True  # text + lyrics + timbre, packed and padded to a batch's longest
     default_edit_layers = "self:11-21"
 
@@ -258,11 +262,11 @@ def qwen_tokenizer():
     one token each (with or without a leading space), other text falls back to bytes; <|endoftext|> pads."""
     from transformers import Qwen2Tokenizer
 
-    from probing.models.tiny import WORDS, _bpe_merges, _byte_alphabet
+    from probing.models.tiny_parts import WORDS, bpe_merges, byte_alphabet
 
     words = sorted(set(WORDS) | set(TEMPLATE_WORDS))
-    merges = _bpe_merges([list(w) for w in words] + [["Ġ", *w] for w in words])  # "Ġ": a leading space
-    tokens = _byte_alphabet() + [a + b for a, b in merges] + ["<|endoftext|>"]
+    merges = bpe_merges([list(w) for w in words] + [["Ġ", *w] for w in words])  # "Ġ": a leading space
+    tokens = byte_alphabet() + [a + b for a, b in merges] + ["<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     return Qwen2Tokenizer(vocab=vocab, merges=merges)
 
@@ -286,26 +290,26 @@ def build_tiny_pipeline(seed: int = 0):
     from diffusers.pipelines.ace_step import AceStepConditionEncoder
     from transformers import Qwen3Config, Qwen3Model
 
-    from probing.models.tiny import _seeded
+    from probing.models.tiny_parts import seeded
 
     text_dim, width, head_dim, latent_channels, window, blocks = 16, 32, 8, 8, 8, 24
     attention = dict(num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim, rope_theta=1e6)
     tokenizer = qwen_tokenizer()
-    transformer = _seeded(seed, lambda: AceStepTransformer1DModel(
+    transformer = seeded(seed, lambda: AceStepTransformer1DModel(
         hidden_size=width, intermediate_size=2 * width, num_hidden_layers=blocks, in_channels=3 * latent_channels,
         audio_acoustic_hidden_dim=latent_channels, patch_size=2, sliding_window=window,
         layer_types=["sliding_attention", "full_attention"] * (blocks // 2), encoder_hidden_size=width,
         is_turbo=False, **attention,
     ))
-    condition_encoder = _seeded(seed, lambda: AceStepConditionEncoder(
+    condition_encoder = seeded(seed, lambda: AceStepConditionEncoder(
         hidden_size=width, intermediate_size=2 * width, text_hidden_dim=text_dim, timbre_hidden_dim=latent_channels,
         num_lyric_encoder_hidden_layers=2, num_timbre_encoder_hidden_layers=2, sliding_window=window, **attention,
     ))
-    text_encoder = _seeded(seed, lambda: Qwen3Model(Qwen3Config(
+    text_encoder = seeded(seed, lambda: Qwen3Model(Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=37, num_hidden_layers=2,
         max_position_embeddings=32768, pad_token_id=tokenizer.pad_token_id, **attention,
     )))
-    vae = _seeded(seed, lambda: AutoencoderOobleck(
+    vae = seeded(seed, lambda: AutoencoderOobleck(
         encoder_hidden_size=2 * latent_channels, downsampling_ratios=[2, 4, 4, 6, 10],
         channel_multiples=[1, 2, 4, 8, 16], decoder_channels=4, decoder_input_channels=latent_channels,
         audio_channels=2, sampling_rate=48000,

@@ -24,6 +24,10 @@ import torch.nn.functional as F
 from diffusers import DiffusionPipeline
 
 from probing.models.base import Conditioning, DiffusionModel
+from probing.models.family import Family
+
+FAMILY = Family(name="audioldm2", adapter="AudioLDM2Model", pipelines=("AudioLDM2Pipeline",),
+                tiny="tiny-audioldm2", reference_config="audioldm2_music_unet", order=1)
 
 # AudioLDM 2's mel front end (its vocoder's input): fixed by the checkpoints, see docs/audioldm2-layers.md.
 SAMPLE_RATE, N_FFT, HOP, N_MELS, F_MAX = 16000, 1024, 160, 64, 8000.0
@@ -62,8 +66,8 @@ class AudioLDM2Model(DiffusionModel):
     used to measure layers; tests set ~1-2 s on tiny models.
     """
 
-    family = "audioldm2"
-    pipeline_classes = ("AudioLDM2Pipeline",)
+    family = FAMILY.name
+    pipeline_classes = FAMILY.pipelines
     default_edit_layers = "self:8-14"
     sample_rate = SAMPLE_RATE
     word_aligned_keys = True  # for the T5 cross-attentions (t2) only: t1 attends GPT-2's 8 generated "LOA" tokens
@@ -161,7 +165,7 @@ def reference_model(device: str = "meta") -> AudioLDM2Model:
     """
     from diffusers import AudioLDM2UNet2DConditionModel, DDIMScheduler
 
-    from probing.models.tiny import load_reference_config
+    from probing.models.tiny_parts import load_reference_config
 
     with torch.device(device):
         unet = AudioLDM2UNet2DConditionModel.from_config(load_reference_config("audioldm2_music_unet"))
@@ -181,3 +185,76 @@ def reference_layer_table():
     from probing.layers import measure_layer_table
 
     return measure_layer_table(reference_model("meta"))
+
+
+# ---- the tiny offline pipeline -----------------------------------------------------------------------------
+def build_tiny_pipeline(seed: int = 0):
+    """AudioLDM 2 music, shrunk: UNet layout, conditioning path and mel/vocoder geometry kept.
+
+    Kept from `cvssp/audioldm2-music`: DownBlock2D + 3 CrossAttnDownBlock2D, mid, 3 CrossAttnUpBlock2D +
+    UpBlock2D, 2 layers per block, 8 heads, 3 transformers per attention position (self only, GPT-2
+    cross, T5 cross), so the same 96 attention module paths; 8 latent channels, a 3-level VAE (factor 4),
+    64 mel bins, a 16 kHz vocoder with hop 160, 8 generated GPT-2 tokens, the default 10.24 s. Shrunk:
+    every width and depth. Attention cost grows with clip length as in the real model (1024 query tokens
+    at positions 1-2 and 14-16 for 10.24 s): tests should generate 1-3 s.
+    """
+    from probing.models.tiny_parts import roberta_tokenizer, seeded, t5_tokenizer, unit_gain
+    from diffusers import AudioLDM2Pipeline, AudioLDM2ProjectionModel, AudioLDM2UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from transformers import (ClapAudioConfig, ClapConfig, ClapFeatureExtractor, ClapModel, ClapTextConfig,
+                              GPT2Config, GPT2LMHeadModel, SpeechT5HifiGan, SpeechT5HifiGanConfig, T5Config,
+                              T5EncoderModel)
+
+    gpt2_dim, t5_dim, clap_dim, mel_bins = 16, 32, 16, 64
+    tokenizer, tokenizer_2 = roberta_tokenizer(77), t5_tokenizer(128)
+    unet = seeded(seed, lambda: AudioLDM2UNet2DConditionModel(
+        sample_size=256, in_channels=8, out_channels=8,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * 3,
+        up_block_types=("CrossAttnUpBlock2D",) * 3 + ("UpBlock2D",),
+        block_out_channels=(16, 32, 48, 80), layers_per_block=2, norm_num_groups=8, attention_head_dim=8,
+        cross_attention_dim=[[None, gpt2_dim, t5_dim]] * 4,
+    ))
+    vae = seeded(seed, lambda: AutoencoderKL(
+        in_channels=1, out_channels=1, latent_channels=8, block_out_channels=(8, 16, 16), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+    ))
+    clap_config = ClapConfig(
+        text_config=ClapTextConfig(
+            vocab_size=len(tokenizer), hidden_size=16, intermediate_size=37, num_attention_heads=2,
+            num_hidden_layers=2, pad_token_id=1, bos_token_id=0, eos_token_id=2, projection_dim=clap_dim,
+        ).to_dict(),
+        audio_config=ClapAudioConfig(
+            spec_size=64, window_size=4, num_mel_bins=64, intermediate_size=37, depths=[2, 2],
+            num_attention_heads=[2, 2], num_hidden_layers=2, hidden_size=32, projection_dim=clap_dim,
+            patch_size=2, patch_stride=2, patch_embeds_hidden_size=16, patch_embed_input_channels=4,
+        ).to_dict(),
+        projection_dim=clap_dim,
+    )
+    text_encoder = seeded(seed, lambda: ClapModel(clap_config))
+    text_encoder_2 = seeded(seed, lambda: T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer_2), d_model=t5_dim, d_ff=37, d_kv=8, num_heads=4, num_layers=2,
+    )))
+    language_model = seeded(seed, lambda: GPT2LMHeadModel(GPT2Config(
+        n_embd=gpt2_dim, n_head=2, n_layer=2, vocab_size=len(tokenizer), n_positions=99,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+    )))
+    language_model.config.max_new_tokens = 8
+    projection_model = seeded(seed, lambda: AudioLDM2ProjectionModel(
+        text_encoder_dim=clap_dim, text_encoder_1_dim=t5_dim, langauge_model_dim=gpt2_dim,
+    ))
+    vocoder = seeded(seed, lambda: unit_gain(SpeechT5HifiGan(SpeechT5HifiGanConfig(
+        model_in_dim=mel_bins, sampling_rate=16000, upsample_initial_channel=64,
+        upsample_rates=[5, 4, 2, 2, 2], upsample_kernel_sizes=[16, 16, 8, 4, 4],
+        resblock_kernel_sizes=[3], resblock_dilation_sizes=[[1, 3]], normalize_before=False,
+    ))))
+    scheduler = DDIMScheduler(
+        num_train_timesteps=1000, beta_start=0.0015, beta_end=0.0195, beta_schedule="scaled_linear",
+        steps_offset=1, clip_sample=False, set_alpha_to_one=False,
+    )
+    return AudioLDM2Pipeline(
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, projection_model=projection_model,
+        language_model=language_model, tokenizer=tokenizer, tokenizer_2=tokenizer_2,
+        # 10 s at 48 kHz, hop 7900: 61 frames, within the tiny Swin's 64 (the real one: 1001 of 1024).
+        feature_extractor=ClapFeatureExtractor(feature_size=64, hop_length=7900),
+        unet=unet, scheduler=scheduler, vocoder=vocoder,
+    )

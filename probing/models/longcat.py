@@ -34,6 +34,10 @@ from diffusers.pipelines.longcat_audio_dit.pipeline_longcat_audio_dit import _le
 
 from probing.models.base import Conditioning
 from probing.models.flow import FlowModel
+from probing.models.family import Family
+
+FAMILY = Family(name="longcat", adapter="LongCatModel", pipelines=("LongCatAudioDiTPipeline",),
+                tiny="tiny-longcat", reference_config="longcat_audio_dit_transformer", order=6)
 
 DEFAULT_CLIP_SECONDS = 10.0
 DUMMY_TEXT_TOKENS = 32  # text length of the forward that measures the layer table (the pipeline pads to the longest)
@@ -123,8 +127,8 @@ class LongCatModel(AudioDiTAttentionGeometry, FlowModel):
       profile of LongCat exists yet; `--layers auto` with a profile narrows it.
     """
 
-    family = "longcat"
-    pipeline_classes = ("LongCatAudioDiTPipeline",)
+    family = FAMILY.name
+    pipeline_classes = FAMILY.pipelines
     pads_context_per_batch = True  # UMT5 states padded to a batch's longest prompt
     default_edit_layers = "self:*"
 
@@ -327,19 +331,19 @@ def build_tiny_pipeline(seed: int = 0) -> DiffusionPipeline:
     from diffusers import LongCatAudioDiTPipeline, LongCatAudioDiTTransformer, LongCatAudioDiTVae
     from transformers import UMT5Config, UMT5EncoderModel
 
-    from probing.models.tiny import _seeded, t5_tokenizer
+    from probing.models.tiny_parts import seeded, t5_tokenizer
 
     text_dim, latent_dim = 16, 8
     tokenizer = t5_tokenizer(512)
-    text_encoder = _seeded(seed, lambda: UMT5EncoderModel(UMT5Config(
+    text_encoder = seeded(seed, lambda: UMT5EncoderModel(UMT5Config(
         vocab_size=len(tokenizer), d_model=text_dim, d_ff=37, d_kv=8, num_heads=2, num_layers=2,
         feed_forward_proj="gated-gelu", pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
         decoder_start_token_id=tokenizer.pad_token_id,
     )))
-    transformer = _seeded(seed, lambda: live_outputs(LongCatAudioDiTTransformer(
+    transformer = seeded(seed, lambda: live_outputs(LongCatAudioDiTTransformer(
         dit_dim=32, dit_depth=4, dit_heads=4, dit_text_dim=text_dim, latent_dim=latent_dim,
     )))
-    vae = _seeded(seed, lambda: _quiet_decoder(LongCatAudioDiTVae(
+    vae = seeded(seed, lambda: _quiet_decoder(LongCatAudioDiTVae(
         channels=4, c_mults=[1, 2, 4, 8, 16], strides=[2, 4, 4, 8, 8], latent_dim=latent_dim,
         encoder_latent_dim=2 * latent_dim, downsampling_ratio=2048, sample_rate=24000,
     )))

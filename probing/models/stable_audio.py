@@ -35,6 +35,10 @@ from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embe
 from probing.errors import MelodiaError
 from probing.models.base import Conditioning
 from probing.models.flow import FlowModel
+from probing.models.family import Family
+
+FAMILY = Family(name="stable-audio", adapter="StableAudioModel", pipelines=("StableAudioPipeline",),
+                tiny="tiny-stable-audio", reference_config="stable_audio_open_transformer", order=2)
 
 GLOBAL_TOKENS = 1  # the DiT's prepended global (timestep + duration) token
 TIMING_TOKENS = 2  # seconds_start and seconds_end, appended to the T5 tokens for cross-attention
@@ -48,8 +52,8 @@ class StableAudioModel(FlowModel):
     ("self:1-2" of the tiny model's 2). A guess by depth, not a measurement: probe and pass --layers auto.
     """
 
-    family = "stable-audio"
-    pipeline_classes = ("StableAudioPipeline",)
+    family = FAMILY.name
+    pipeline_classes = FAMILY.pipelines
     prediction = "edm"  # an ODE in sigma, on the variance-exploding path x0 + sigma eps
     # The explicit inversion step misses badly where sigma grows by a factor per step (tiny-stable-audio, 25
     # steps to sigma 500: the round trip returns 1.4 x the latent's norm away); 4 fixed-point iterations
@@ -203,3 +207,46 @@ class StableAudioModel(FlowModel):
                 "global_hidden_states": torch.randn(batch, GLOBAL_TOKENS, config.global_states_input_dim,
                                                     device=device, dtype=dtype),
                 "rotary_embedding": self._rotary(length + GLOBAL_TOKENS)}
+
+
+# ---- the tiny offline pipeline -----------------------------------------------------------------------------
+def build_tiny_pipeline(seed: int = 0):
+    """Stable Audio Open 1.0, shrunk: DiT with partial RoPE and grouped KV heads, Oobleck VAE, T5, timing.
+
+    Kept from `stabilityai/stable-audio-open-1.0`: 2:1 query:KV heads in cross-attention, cross-attention
+    width = KV heads x head dim = T5 width, global conditioning = 2 x T5 width, an Oobleck VAE with strides
+    (2, 4, 4, 8, 8) (hop 2048) at 44.1 kHz stereo, timing conditioning 0-512 s, the cosine DPM-Solver
+    scheduler (v-prediction). Shrunk: widths, depth, latent channels (8) and window (32 latents, 1.49 s).
+    """
+    from probing.models.tiny_parts import seeded, t5_tokenizer
+    from diffusers import (AutoencoderOobleck, CosineDPMSolverMultistepScheduler, StableAudioDiTModel,
+                           StableAudioPipeline, StableAudioProjectionModel)
+    from transformers import T5Config, T5EncoderModel
+
+    t5_dim, head_dim, kv_heads, latent_channels = 16, 8, 2, 8
+    tokenizer = t5_tokenizer(128)
+    transformer = seeded(seed, lambda: StableAudioDiTModel(
+        sample_size=32, in_channels=latent_channels, out_channels=latent_channels, num_layers=2,
+        attention_head_dim=head_dim, num_attention_heads=2 * kv_heads, num_key_value_attention_heads=kv_heads,
+        cross_attention_dim=kv_heads * head_dim, cross_attention_input_dim=t5_dim,
+        global_states_input_dim=2 * t5_dim, time_proj_dim=16,
+    ))
+    vae = seeded(seed, lambda: AutoencoderOobleck(
+        encoder_hidden_size=2 * latent_channels, downsampling_ratios=[2, 4, 4, 8, 8],
+        channel_multiples=[1, 2, 4, 8, 16], decoder_channels=4, decoder_input_channels=latent_channels,
+        audio_channels=2, sampling_rate=44100,
+    ))
+    text_encoder = seeded(seed, lambda: T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=t5_dim, d_ff=37, d_kv=8, num_heads=2, num_layers=2,
+    )))
+    projection_model = seeded(seed, lambda: StableAudioProjectionModel(
+        text_encoder_dim=t5_dim, conditioning_dim=t5_dim, min_value=0, max_value=512,
+    ))
+    scheduler = CosineDPMSolverMultistepScheduler(
+        sigma_min=0.3, sigma_max=500, sigma_data=1.0, sigma_schedule="exponential", solver_order=2,
+        prediction_type="v_prediction",
+    )
+    return StableAudioPipeline(
+        vae=vae, text_encoder=text_encoder, projection_model=projection_model, tokenizer=tokenizer,
+        transformer=transformer, scheduler=scheduler,
+    )

@@ -60,6 +60,10 @@ from diffusers.pipelines.stable_audio_3.pipeline_stable_audio_3 import logsnr_si
 
 from probing.models.base import Conditioning, QKTap
 from probing.models.flow import FlowModel
+from probing.models.family import Family
+
+FAMILY = Family(name="stable-audio-3", adapter="StableAudio3Model", pipelines=("StableAudio3Pipeline",),
+                tiny="tiny-stable-audio-3", reference_config="stable_audio_3_transformer", order=5)
 
 DEFAULT_CLIP_SECONDS = 10.0  # StableAudio3Pipeline.__call__(duration=10.0)
 LOGSNR_RANGE = (-6.2, 2.0)  # StableAudio3Pipeline.__call__(logsnr_min=-6.2, logsnr_max=2.0)
@@ -76,8 +80,8 @@ class StableAudio3Model(FlowModel):
     profile narrows it.
     """
 
-    family = "stable-audio-3"
-    pipeline_classes = ("StableAudio3Pipeline",)
+    family = FAMILY.name
+    pipeline_classes = FAMILY.pipelines
     default_edit_layers = "self:*"
 
     def __init__(self, pipeline: DiffusionPipeline, name: str, clip_seconds: float = DEFAULT_CLIP_SECONDS):
@@ -246,9 +250,9 @@ def gemma_tokenizer(model_max_length: int = MAX_TEXT_TOKENS):
     """
     from transformers import GemmaTokenizer
 
-    from probing.models.tiny import WORDS, _bpe_merges
+    from probing.models.tiny_parts import WORDS, bpe_merges
 
-    merges = _bpe_merges([list(w) for w in WORDS] + [["▁", *w] for w in WORDS])
+    merges = bpe_merges([list(w) for w in WORDS] + [["▁", *w] for w in WORDS])
     tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{b:02X}>" for b in range(256)]
     tokens += sorted({c for w in WORDS for c in w} | {"▁"}) + [a + b for a, b in merges]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
@@ -308,16 +312,16 @@ def build_tiny_pipeline(seed: int = 0):
     from transformers import T5GemmaConfig, T5GemmaEncoderModel
     from transformers.models.t5gemma.configuration_t5gemma import T5GemmaModuleConfig
 
-    from probing.models.tiny import _seeded
+    from probing.models.tiny_parts import seeded
 
     cond_dim, latent_channels = 16, 8
     tokenizer = gemma_tokenizer()
-    transformer = _seeded(seed, lambda: _sharpened(StableAudio3DiTModel(
+    transformer = seeded(seed, lambda: _sharpened(StableAudio3DiTModel(
         io_channels=latent_channels, patch_size=1, embed_dim=32, depth=4, num_heads=4, cond_token_dim=cond_dim,
         global_cond_dim=cond_dim, local_add_cond_dim=latent_channels + 1, timestep_features_dim=16, ff_mult=4.0,
         num_memory_tokens=4, use_differential_attention=True,
     )))
-    vae = _seeded(seed, lambda: _live_branches(AutoencoderSAME(
+    vae = seeded(seed, lambda: _live_branches(AutoencoderSAME(
         audio_channels=2, patch_size=256, encoder_channels=8, encoder_c_mults=(2,), encoder_strides=(16,),
         encoder_transformer_depths=(2,), latent_dim=latent_channels, use_differential_attention=True, dim_heads=8,
         ff_mult=3, sliding_window=1, encoder_sinusoidal_blocks=(0,), decoder_sinusoidal_blocks=(1,),
@@ -328,10 +332,10 @@ def build_tiny_pipeline(seed: int = 0):
         num_attention_heads=2, num_key_value_heads=1, head_dim=8, query_pre_attn_scalar=8,
         max_position_embeddings=MAX_TEXT_TOKENS, sliding_window=64, layer_types=["sliding_attention", "full_attention"],
     ).to_dict()
-    text_encoder = _seeded(seed, lambda: T5GemmaEncoderModel(T5GemmaConfig(
+    text_encoder = seeded(seed, lambda: T5GemmaEncoderModel(T5GemmaConfig(
         encoder=module, decoder=module, is_encoder_decoder=False, vocab_size=len(tokenizer),
     )))
-    duration_embedder = _seeded(seed, lambda: StableAudio3DurationEmbedder(output_dim=cond_dim, fourier_dim=16))
+    duration_embedder = seeded(seed, lambda: StableAudio3DurationEmbedder(output_dim=cond_dim, fourier_dim=16))
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1, stochastic_sampling=False)
     pipe = StableAudio3Pipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
                                 duration_embedder=duration_embedder, transformer=transformer, scheduler=scheduler)

@@ -15,6 +15,9 @@ import torch
 
 from probing.models.base import Conditioning, DiffusionModel
 from probing.testbed.pipeline import MAX_PROMPT_TOKENS
+from probing.models.family import Family
+
+FAMILY = Family(name="testbed", adapter="TestbedModel", pipelines=("TestbedPipeline",), order=0)
 
 
 class TestbedAudio:
@@ -44,8 +47,8 @@ class TestbedAudio:
 class TestbedModel(TestbedAudio, DiffusionModel):
 
     __test__ = False  # not a pytest test class, despite the name
-    family = "testbed"
-    pipeline_classes = ("TestbedPipeline",)
+    family = FAMILY.name
+    pipeline_classes = FAMILY.pipelines
     default_edit_layers = "self:8-14"  # laid out like AudioLDM 2: same 16 positions
     word_aligned_keys = True  # keys: the T5 states of the prompt's word tokens, then </s> and padding
 

@@ -22,13 +22,16 @@ from probing.models.longcat import AudioDiTAttentionGeometry
 from probing.models.testbed import TestbedAudio
 from probing.testbed.dit import sigma_schedule
 from probing.testbed.pipeline import MAX_PROMPT_TOKENS
+from probing.models.family import Family
+
+FAMILY = Family(name="testbed-dit", adapter="TestbedDiTModel", pipelines=("TestbedDiTPipeline",), order=0)
 
 
 class TestbedDiTModel(TestbedAudio, AudioDiTAttentionGeometry, FlowModel):
 
     __test__ = False  # not a pytest test class, despite the name
-    family = "testbed-dit"
-    pipeline_classes = ("TestbedDiTPipeline",)
+    family = FAMILY.name
+    pipeline_classes = FAMILY.pipelines
     default_edit_layers = "self:6-10"  # the later-middle blocks, as AudioLDM 2's 8-14 of 16
     word_aligned_keys = True  # keys: the T5 states of the prompt's word tokens, then </s> and padding
 

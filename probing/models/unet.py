@@ -22,13 +22,16 @@ from diffusers import DiffusionPipeline
 
 from probing.errors import MelodiaError
 from probing.models.base import Conditioning, DiffusionModel
+from probing.models.family import Family
+
+FAMILY = Family(name="unet", adapter="UNetModel", pipelines=("StableDiffusionPipeline",), tiny="tiny-unet", order=3)
 
 
 class UNetModel(DiffusionModel):
     """An SD-style text-to-image UNet pipeline; `image_size` (pixels, default the pipeline's) sets the output."""
 
-    family = "unet"
-    pipeline_classes = ("StableDiffusionPipeline",)
+    family = FAMILY.name
+    pipeline_classes = FAMILY.pipelines
 
     def __init__(self, pipeline: DiffusionPipeline, name: str, image_size: int | None = None):
         super().__init__(pipeline, name)
@@ -81,3 +84,42 @@ class UNetModel(DiffusionModel):
                 "timestep": torch.tensor(500),
                 "encoder_hidden_states": torch.randn(batch, tokens, config.cross_attention_dim, device=device,
                                                      dtype=dtype)}
+
+
+# ---- the tiny offline pipeline -----------------------------------------------------------------------------
+def build_tiny_pipeline(seed: int = 0):
+    """Stable Diffusion 1.x, shrunk: 3 CrossAttn down blocks + DownBlock2D, mid, UpBlock2D + 3 CrossAttn up.
+
+    Kept: the block layout (16 attention positions, each one self- and one cross-attention), 2 layers per
+    block, 8 heads, a 4-level VAE (factor 8) with 4 latent channels, CLIP text conditioning, the SD 1.x
+    DDIM schedule. Shrunk: widths and depths; the default image is 128 x 128 (latent 16 x 16).
+    """
+    from probing.models.tiny_parts import clip_tokenizer, seeded
+    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    text_dim = 32
+    tokenizer = clip_tokenizer(77)
+    unet = seeded(seed, lambda: UNet2DConditionModel(
+        sample_size=16, in_channels=4, out_channels=4, block_out_channels=(16, 32, 48, 48), layers_per_block=2,
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        norm_num_groups=8, attention_head_dim=8, cross_attention_dim=text_dim,
+    ))
+    vae = seeded(seed, lambda: AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8, 8, 16, 16), layers_per_block=1,
+        norm_num_groups=8, down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+    ))
+    text_encoder = seeded(seed, lambda: CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=text_dim, intermediate_size=37, num_attention_heads=4,
+        num_hidden_layers=2, projection_dim=text_dim, max_position_embeddings=77,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )))
+    scheduler = DDIMScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, clip_sample=False,
+        set_alpha_to_one=False,
+    )
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
