@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,9 +51,27 @@ class AttentionCall:
 
 
 QKReplacer = Callable[[AttentionCall, str, torch.Tensor], "torch.Tensor | None"]
-TORCH_SDPA = torch.nn.functional.scaled_dot_product_attention  # torch's own, whatever wraps it later
 # attend(call, query, key, value, sdpa_kwargs, torch_sdpa) -> the attention output, or None for torch's own SDPA
 Attender = Callable[[AttentionCall, torch.Tensor, torch.Tensor, torch.Tensor, dict, Callable], "torch.Tensor | None"]
+
+# Contexts with an `attend`, in entry order. While any is open, torch's SDPA function is replaced by one
+# dispatcher (installed by the first, removed by the last, whatever order they close in).
+_ATTENDING: list[AttentionHooks] = []
+_ATTENDING_LOCK = threading.Lock()
+_underlying_sdpa: Callable = torch.nn.functional.scaled_dot_product_attention  # what the dispatcher replaced
+
+
+def _dispatch_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+    """torch's SDPA while a context attends: a call made inside a hooked module's forward, on the thread running
+    it, goes to that context's `attend` (the innermost context first); everything else to torch unchanged."""
+    sdpa_kwargs = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal, "scale": scale, **kwargs}
+    for hooks in reversed(_ATTENDING):
+        call = hooks.running_call()
+        if call is not None:
+            output = hooks.attend(call, query, key, value, sdpa_kwargs, _underlying_sdpa)
+            if output is not None:
+                return output
+    return _underlying_sdpa(query, key, value, **sdpa_kwargs)
 
 
 def _timestep_of(args: tuple, kwargs: dict) -> float | None:
@@ -96,8 +115,7 @@ class AttentionHooks:
         self.modules = {p: modules[p] for p in self.paths}
         self._signatures: dict[type, inspect.Signature] = {}
         self.on_call, self.replace, self.attend = on_call, replace, attend
-        self._running: AttentionCall | None = None  # the hooked module forward in progress
-        self._torch_sdpa: Callable | None = None  # the SDPA this context wrapped (restored on exit)
+        self._running = threading.local()  # .call: the hooked module forward in progress on this thread
         self.expected = expected_per_forward
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._pending: dict[str, AttentionCall] = {}
@@ -135,7 +153,7 @@ class AttentionHooks:
     def _module_pre(self, path):
         def hook(module, args, kwargs):
             call_kwargs = self._bound_kwargs(module, args, kwargs)
-            self._pending[path] = self._running = AttentionCall(
+            self._pending[path] = self._running.call = AttentionCall(
                 path, module, self.model.attention_kind(module, call_kwargs), self._timestep, self._forwards,
                 self._latent_hw, call_kwargs)
         return hook
@@ -166,7 +184,7 @@ class AttentionHooks:
     def _module_post(self, path):
         def hook(module, args, output):
             call = self._pending.pop(path, None)
-            self._running = None
+            self._running.call = None
             if call is None:
                 return
             self._calls_this_forward += 1
@@ -174,24 +192,19 @@ class AttentionHooks:
                 self.on_call(call)
         return hook
 
-    def _sdpa(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
-        """Stands in for torch's SDPA inside this context: hooked modules' calls go to `attend` first."""
-        call = self._running
-        if call is not None and self.attend is not None and self._torch_sdpa is not None:
-            sdpa_kwargs = {"attn_mask": attn_mask, "dropout_p": dropout_p, "is_causal": is_causal, "scale": scale,
-                           **kwargs}
-            output = self.attend(call, query, key, value, sdpa_kwargs, TORCH_SDPA)  # not an outer wrapper
-            if output is not None:
-                return output
-        return self._previous_sdpa(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p,
-                                   is_causal=is_causal, scale=scale, **kwargs)
+    def running_call(self) -> AttentionCall | None:
+        """The hooked module call running on this thread, if any."""
+        return getattr(self._running, "call", None)
 
     # ---- context -----------------------------------------------------------------------------
     def __enter__(self) -> "AttentionHooks":
+        global _underlying_sdpa
         if self.attend is not None:
-            self._previous_sdpa = torch.nn.functional.scaled_dot_product_attention
-            self._torch_sdpa = self._sdpa  # one bound method object: `remove` recognises it by identity
-            torch.nn.functional.scaled_dot_product_attention = self._torch_sdpa
+            with _ATTENDING_LOCK:
+                if not _ATTENDING:
+                    _underlying_sdpa = torch.nn.functional.scaled_dot_product_attention
+                    torch.nn.functional.scaled_dot_product_attention = _dispatch_sdpa
+                _ATTENDING.append(self)
         try:
             denoiser = self.model.denoiser
             self._handles.append(denoiser.register_forward_pre_hook(self._denoiser_pre, with_kwargs=True))
@@ -217,12 +230,12 @@ class AttentionHooks:
             handle.remove()
         self._handles.clear()
         self._pending.clear()
-        self._running = None
-        if self._torch_sdpa is not None:
-            if torch.nn.functional.scaled_dot_product_attention is self._torch_sdpa:
-                torch.nn.functional.scaled_dot_product_attention = self._previous_sdpa
-            # else a later context wrapped ours and restores it on its exit; ours then passes calls through
-            self._torch_sdpa = None
+        self._running.call = None
+        with _ATTENDING_LOCK:
+            if self in _ATTENDING:
+                _ATTENDING.remove(self)
+                if not _ATTENDING and torch.nn.functional.scaled_dot_product_attention is _dispatch_sdpa:
+                    torch.nn.functional.scaled_dot_product_attention = _underlying_sdpa
 
     @property
     def forwards(self) -> int:

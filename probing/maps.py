@@ -105,6 +105,8 @@ def attention_reduced(query: torch.Tensor, key: torch.Tensor, scale: float, mask
         if chunk_mask is not None:
             logits = logits + (chunk_mask if chunk_mask.shape[-2] == 1 else chunk_mask[:, :, start:stop]).float()
         probs = logits.softmax(dim=-1)
+        if chunk_mask is not None:  # a row whose every key is masked: zeros, as torch's SDPA gives, not NaN
+            probs = probs.nan_to_num_(0.0)
         if values is not None:
             outputs.append(probs @ values)
             probs = probs[rows]

@@ -30,7 +30,7 @@ class AttentionRecorder:
     that attention itself, output and map from the same probabilities (float32; the output
     differs from SDPA's by float rounding, docs/probing.md), so recording costs the reduction, not a
     second attention. Calls it cannot take (differential attention, dropout, a causal mask, a
-    processor without SDPA) and every call of a module not recorded at that step keep torch's SDPA
+    processor without SDPA, a call whose output needs gradients) and every call of a module not recorded at that step keep torch's SDPA
     untouched; their maps come from the hooked Q/K in a second pass, as with `one_pass=False`.
     """
 
@@ -70,6 +70,8 @@ class AttentionRecorder:
             return None
         self._fused[call.path] = _UNFUSED
         extra = {k: v for k, v in sdpa.items() if k not in ("attn_mask", "scale", "enable_gqa")}
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (query, key, value)):
+            return None  # gradients must flow through this attention: torch's SDPA, map from the second pass
         if (query.dim() != 4 or extra != {"dropout_p": 0.0, "is_causal": False} or call.query is None
                 or call.key is None or query.shape[2] != call.query.shape[1] or key.shape[2] != call.key.shape[1]
                 or self.model.head_signs(call.module) is not None):

@@ -141,3 +141,26 @@ def test_nested_recorders_both_record_and_restore_torchs_attention(untrained_tes
     for module in inner.modules:
         np.testing.assert_allclose(inner.stacked(module.path)[1].astype(np.float32),
                                    outer.stacked(module.path)[1].astype(np.float32), rtol=0, atol=1e-3)
+
+
+def test_recorders_closed_out_of_order_restore_torchs_attention(untrained_testbed):
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    first, second = AttentionRecorder(untrained_testbed, "*"), AttentionRecorder(untrained_testbed, "*")
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)  # the first one closes while the second is still open
+    latents(untrained_testbed, steps=1)
+    assert second.one_pass_calls == len(second.modules) and first.one_pass_calls == 0
+    second.__exit__(None, None, None)
+    assert torch.nn.functional.scaled_dot_product_attention is sdpa
+
+
+def test_attention_that_needs_gradients_keeps_torchs_sdpa(untrained_testbed):
+    model = untrained_testbed
+    inputs = model.dummy_denoiser_inputs(batch=2)
+    context = inputs["encoder_hidden_states"].clone().requires_grad_()
+    with AttentionRecorder(model, "*", n_prompts=1) as recorder:
+        out = model.denoiser(**{**inputs, "encoder_hidden_states": context}).sample
+    out.square().sum().backward()
+    assert context.grad is not None and context.grad.abs().sum() > 0  # reached through cross-attention
+    assert recorder.one_pass_calls == 0 and all(len(r) == 1 for r in recorder.records.values())

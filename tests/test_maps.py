@@ -82,3 +82,14 @@ def test_one_pass_output_is_torchs_attention_and_its_map_the_second_pass_map(mas
     assert reduced.shape == (1, 1, 8, 8)
     if mask is not None:  # the hidden keys' pooled cell (the last time row of the 4x2 key grid) holds no mass
         assert reduced[..., -2:].abs().max() == 0 and reduced[..., :-2].sum(-1).sub(1).abs().max() < 1e-5
+
+
+def test_a_row_with_every_key_masked_attends_to_nothing_as_in_torch():
+    generator = torch.Generator().manual_seed(1)
+    query, key, value = (torch.randn(2, 2, 8, 4, generator=generator) for _ in range(3))
+    mask = torch.zeros(2, 1, 1, 8)
+    mask[0] = float("-inf")  # the first batch row may attend to no key at all
+    reduced, output = attention_reduced(query, key, 0.5, mask, (8, 1), None, Reduction(grid=None), value=value)
+    expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=0.5)
+    assert torch.isfinite(output).all() and torch.isfinite(reduced).all() and reduced[0].abs().max() == 0
+    torch.testing.assert_close(output, expected.nan_to_num(0.0), atol=1e-5, rtol=1e-5)
