@@ -205,7 +205,8 @@ def _capture(model, prompts: PromptSet, url: str, settings: CaptureSettings, ove
     spans = prompt_token_spans(model, prompts)
     store, modules = open_store(model, prompts, url, settings, table, rank, world, overwrite, spans)
     # The prompts of one shard are written together, in one call per array (each shard object encoded
-    # once), while the next shard's prompts are generated (one write in flight: memory stays bounded).
+    # once), while the next shard's prompts are generated: two shards of maps in memory at most, each
+    # within the store's SHARD_BYTES.
     with ThreadPoolExecutor(max_workers=1) as writer:
         pending_write = None
         todo = store.pending(rank, world)
@@ -214,11 +215,11 @@ def _capture(model, prompts: PromptSet, url: str, settings: CaptureSettings, ove
             print(f"resuming {store.url}: {mine - len(todo)} of {mine} prompts already captured", flush=True)
         bar = tqdm(total=len(todo), desc=f"capture (rank {rank}/{world})", disable=not progress)
         for batch in store.shard_batches(todo):
-            maps = []
-            for index in batch:
-                maps.append(_capture_prompt(model, prompts, index, modules, store, settings, spans))
+            stacked = {spec.name: np.empty((len(batch), *spec.shape), spec.dtype) for spec in store.specs}
+            for row, index in enumerate(batch):  # each prompt's maps go straight into the shard's arrays
+                for name, values in _capture_prompt(model, prompts, index, modules, store, settings, spans).items():
+                    stacked[name][row] = values
                 bar.update()
-            stacked = {name: np.stack([m[name] for m in maps]) for name in maps[0]}
             if pending_write is not None:
                 pending_write.result()  # re-raises a failed write here
             pending_write = writer.submit(store.write_prompts, batch, stacked)

@@ -96,9 +96,10 @@ class AttentionHooks:
 
     on_call(call) runs after each module forward; replace(call, "q"|"k", tensor) may return a
     tensor that replaces the projection output. attend(call, q, k, v, kwargs, sdpa) sees every
-    `torch.nn.functional.scaled_dot_product_attention` call made inside a hooked module's forward
-    (heads split, as the processor passes them) and may return the output in its place (None:
-    torch computes it; `sdpa` is torch's function, for the rows it leaves to torch); SDPA calls outside the hooked modules are untouched. With
+    `torch.nn.functional.scaled_dot_product_attention` call made inside a hooked module's forward on
+    the thread running it (heads split, as the processor passes them) and may return the output in
+    its place (None: torch computes it; `sdpa` is torch's function, for the rows it leaves to torch);
+    SDPA calls outside the hooked modules, and on other threads, are untouched. With
     `expected_per_forward`, every denoiser forward must produce exactly that many calls, else
     RuntimeError (a diffusers change that bypasses the hooks fails loudly instead of capturing nothing).
     """

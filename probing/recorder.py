@@ -30,8 +30,9 @@ class AttentionRecorder:
     that attention itself, output and map from the same probabilities (float32; the output
     differs from SDPA's by float rounding, docs/probing.md), so recording costs the reduction, not a
     second attention. Calls it cannot take (differential attention, dropout, a causal mask, a
-    processor without SDPA, a call whose output needs gradients) and every call of a module not recorded at that step keep torch's SDPA
-    untouched; their maps come from the hooked Q/K in a second pass, as with `one_pass=False`.
+    processor without SDPA, a call whose output needs gradients) and every call of a module not
+    recorded at that step keep torch's SDPA untouched; their maps come from the hooked Q/K in a
+    second pass, as with `one_pass=False`.
     """
 
     def __init__(self, model, layers: str | Iterable[ModuleInfo] = "*", reduction: Reduction = Reduction(),

@@ -43,6 +43,7 @@ __all__ = ["ArraySpec", "CaptureStore", "NotACaptureStoreError", "StoreMismatchE
 FORMAT, FORMAT_VERSION, PROMPT_DIM = "melodia-capture", 1, "prompt"
 _RESERVED = {"prompts", "template_id", "done", "labels"}
 MAX_PROMPTS_PER_SHARD = 8
+SHARD_BYTES = 64 * 2**20  # at most this much of (uncompressed) maps per shard: capture holds two shards in memory
 ZARRS_PIPELINE = "zarrs.ZarrsCodecPipeline"
 _codec_lock = threading.Lock()
 
@@ -67,15 +68,24 @@ def _fast_codecs() -> Iterator[None]:
         yield
 
 
-def default_prompts_per_shard(n_prompts: int, world: int = 1) -> int:
+def default_prompts_per_shard(n_prompts: int, world: int = 1, prompt_bytes: int = 0) -> int:
     """Prompts per shard for a new store: up to 8 (each shard object costs a write), but small enough
-    that every one of `world` ranks owns several shards.
+    that every one of `world` ranks owns several shards and a shard's maps stay within `SHARD_BYTES`
+    (`prompt_bytes`: one prompt's maps, uncompressed).
 
     Examples:
         >>> default_prompts_per_shard(1024), default_prompts_per_shard(12, world=2)
         (8, 1)
+        >>> default_prompts_per_shard(1024, prompt_bytes=40 * 2**20)   # 40 MB of maps per prompt
+        1
     """
-    return max(1, min(MAX_PROMPTS_PER_SHARD, n_prompts // (4 * max(1, world))))
+    by_size = SHARD_BYTES // prompt_bytes if prompt_bytes else MAX_PROMPTS_PER_SHARD
+    return max(1, min(MAX_PROMPTS_PER_SHARD, by_size, n_prompts // (4 * max(1, world))))
+
+
+def prompt_bytes(specs: list[ArraySpec]) -> int:
+    """Bytes of one prompt's arrays, uncompressed."""
+    return sum(int(np.prod(s.shape)) * np.dtype(s.dtype).itemsize for s in specs)
 
 
 async def _gather(coroutines: list) -> None:
@@ -176,7 +186,8 @@ def _plan(prompts: list[str], specs: list[ArraySpec], identity: dict, labels: di
           prompts_per_shard: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
     """Validate `create`'s arguments; return the `melodia` attrs and the per-prompt columns."""
     prompts, labels = [str(p) for p in prompts], labels or {}
-    per_shard = default_prompts_per_shard(len(prompts)) if prompts_per_shard is None else int(prompts_per_shard)
+    per_shard = (default_prompts_per_shard(len(prompts), prompt_bytes=prompt_bytes(specs)) if prompts_per_shard is None
+                 else int(prompts_per_shard))
     if per_shard < 1:
         raise ValueError(f"prompts_per_shard must be >= 1, got {prompts_per_shard}")
     ids = np.full(len(prompts), -1, dtype=np.int64) if template_ids is None else np.asarray(template_ids, np.int64)
@@ -239,13 +250,19 @@ class CaptureStore:
         self.labels: dict[str, list[str]] = {k: [str(v) for v in group[f"labels/{k}"][:]] for k in meta["labels"]}
         self.template_ids: np.ndarray = np.asarray(group["template_id"][:], dtype=np.int64)
         self.prompts_per_shard: int = int(meta.get("prompts_per_shard", 1))  # stores before it had 1
-        self._arrays: dict[str, zarr.Array] = {}  # opened once: every group lookup reads metadata
+        self._arrays: dict[tuple[str, bool], zarr.Array] = {}  # opened once: every group lookup reads metadata
+        self._written: np.ndarray | None = None  # done mask as this writer knows it (it owns the shards it writes)
 
-    def _array(self, key: str) -> zarr.Array:
-        if key not in self._arrays:
-            with _fast_codecs():
-                self._arrays[key] = self._group[key]
-        return self._arrays[key]
+    def _array(self, key: str, fast: bool = True) -> zarr.Array:
+        """Array `key`, encoded by zarrs (`fast`) or by zarr-python, whose local writes replace a shard
+        atomically (temporary file, then rename); zarrs overwrites it in place."""
+        if (key, fast) not in self._arrays:
+            if fast:
+                with _fast_codecs():
+                    self._arrays[key, fast] = self._group[key]
+            else:
+                self._arrays[key, fast] = self._group[key]
+        return self._arrays[key, fast]
 
     @classmethod
     def create(cls, url: str, *, prompts: list[str], specs: list[ArraySpec], identity: dict,
@@ -279,7 +296,8 @@ class CaptureStore:
         for spec, dims in zip(specs, _store_dims(specs).values()):
             fill = np.nan if np.dtype(spec.dtype).kind == "f" else 0
             group.create_array(spec.array_name, shape=(meta["n_prompts"], *spec.shape), dtype=spec.dtype,
-                               shards=(per_shard, *spec.shape), chunks=(1, *spec.inner_chunks), compressors=[compressor],
+                               shards=(per_shard, *spec.shape), chunks=(1, *spec.inner_chunks),
+                               compressors=[compressor],
                                fill_value=fill, dimension_names=dims,
                                attributes={**spec.attrs, "melodia_name": spec.name, "melodia_dims": list(spec.dims)})
         for key, values in columns.items():
@@ -331,7 +349,8 @@ class CaptureStore:
             raise ValueError(f"rank must be in [0, {world}), got {rank}")
         if rank == 0:
             if create_kwargs.get("prompts_per_shard") is None:
-                create_kwargs["prompts_per_shard"] = default_prompts_per_shard(len(create_kwargs["prompts"]), world)
+                create_kwargs["prompts_per_shard"] = default_prompts_per_shard(
+                    len(create_kwargs["prompts"]), world, prompt_bytes(create_kwargs["specs"]))
             return cls.create(url, **create_kwargs)
         overwrite = create_kwargs.pop("overwrite", False)
         meta, _ = _plan(**create_kwargs)
@@ -359,7 +378,7 @@ class CaptureStore:
 
     def done_mask(self) -> np.ndarray:
         """Bool per prompt: True once all its maps are written (read fresh from the store)."""
-        return np.asarray(self._group["done"][:], dtype=bool)
+        return np.asarray(self._array("done", fast=False)[:], dtype=bool)
 
     def owner(self, index: int, world: int) -> int:
         """The rank (of `world`) that writes prompt `index`: the owner of its shard."""
@@ -427,20 +446,34 @@ class CaptureStore:
         order = np.argsort(indices)
         runs = np.split(np.asarray(indices)[order], np.flatnonzero(np.diff(np.asarray(indices)[order]) != 1) + 1)
         spans = [slice(int(run[0]), int(run[-1]) + 1) for run in runs]
-        writes = [self._write_runs(self._array(self._specs[name].array_name)._async_array, spans,
-                                   values[order].astype(self._specs[name].dtype, copy=False))
-                  for name, values in arrays.items()]
+        fresh = self._fresh_shards(spans)
+        writes = []
+        for name, values in arrays.items():
+            key = self._specs[name].array_name
+            handles = [self._array(key, fast=whole)._async_array for whole in fresh]  # opened outside the loop
+            writes.append(self._write_runs(handles, spans, values[order].astype(self._specs[name].dtype, copy=False)))
         sync(_gather(writes))  # every array concurrently (encoding runs in zarr's or zarrs' pool)
-        done = self._array("done")
+        done = self._array("done", fast=False)  # atomic: a torn `done` chunk would hide every prompt's state
         for span in spans:
             done[span] = True
+            self._written[span] = True
+
+    def _fresh_shards(self, spans: list[slice]) -> list[bool]:
+        """Per span: does it cover whole shards that hold no finished prompt? Only those are written by zarrs
+        (in place); a shard that keeps finished prompts is rewritten atomically, so a kill cannot tear them."""
+        per_shard, n = self.prompts_per_shard, len(self.prompts)
+        if self._written is None:  # read once: only the owner of a shard writes into it, so it stays true
+            self._written = self.done_mask()
+        return [span.start % per_shard == 0 and (span.stop % per_shard == 0 or span.stop == n)
+                and not self._written[span].any() for span in spans]
 
     @staticmethod
-    async def _write_runs(array, spans: list[slice], values: np.ndarray) -> None:
-        """Write `values` (rows in span order) into the contiguous prompt `spans` of one array, one span
-        after the other: two spans in one shard written concurrently would lose one of them."""
+    async def _write_runs(arrays: list, spans: list[slice], values: np.ndarray) -> None:
+        """Write `values` (rows in span order) into the contiguous prompt `spans` of one array (through
+        `arrays[i]` for span i), one span after the other: two spans in one shard written concurrently
+        would lose one of them."""
         start = 0
-        for span in spans:
+        for array, span in zip(arrays, spans):
             stop = start + span.stop - span.start
             await array.setitem(span, values[start:stop])
             start = stop

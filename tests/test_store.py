@@ -203,9 +203,10 @@ def test_a_half_created_store_is_not_opened_and_create_rebuilds_it(store):
     assert CaptureStore.create(store.url, **W.KWARGS).pending() == list(range(N))
 
 
-def test_a_killed_capture_resumes_without_losing_or_rewriting_a_prompt(tmp_path):
+@pytest.mark.parametrize("per_shard", [1, 3])
+def test_a_killed_capture_resumes_without_losing_or_rewriting_a_prompt(tmp_path, per_shard):
     url, log = str(tmp_path / "run.zarr"), tmp_path / "log.txt"
-    proc = _writer(url, 0, 1, 0.25, log)
+    proc = _writer(url, 0, 1, 0.25, log, per_shard)
     deadline = time.monotonic() + 30
     while len(_log(log)) < 3 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)
@@ -219,7 +220,7 @@ def test_a_killed_capture_resumes_without_losing_or_rewriting_a_prompt(tmp_path)
     missing = [i for i in range(N) if not done[i]]
     assert CaptureStore.open(url, mode="r+").pending() == missing
     log.unlink()
-    resumed = _writer(url, 0, 1, 0.0, log)
+    resumed = _writer(url, 0, 1, 0.0, log, per_shard)
     returncode, stderr = _finish(resumed)
     assert returncode == 0, stderr
     assert sorted(i for _, i in _log(log)) == missing  # only the missing ones were written, each once
@@ -310,3 +311,31 @@ def test_a_memory_url_works_end_to_end():
     ds = open_capture(url).to_xarray()
     assert ds["label_mood"].values.tolist() == W.LABELS["mood"]
     assert float(ds[W.SPECS[0].array_name].isel(prompt=3).max()) == 3.0
+
+
+def test_only_fresh_whole_shards_are_written_in_place(store, monkeypatch):
+    used, real = [], CaptureStore._array
+
+    def spy(self, key, fast=True):
+        used.append((key, fast))
+        return real(self, key, fast)
+
+    monkeypatch.setattr(CaptureStore, "_array", spy)
+    whole = [0, 1, 2]  # shard 0, nothing in it done: encoded in one go (zarrs, in place)
+    store.write_prompts(whole, {s.name: np.stack([W.maps_for(i)[s.name] for i in whole]) for s in W.SPECS})
+    assert (W.SPECS[0].array_name, True) in used and ("done", False) in used and ("done", True) not in used
+    used.clear()
+    store.write_prompt(4, W.maps_for(4))  # part of shard 1: read, modified and replaced atomically
+    assert (W.SPECS[0].array_name, False) in used and (W.SPECS[0].array_name, True) not in used
+    used.clear()
+    rest = [3, 5]  # shard 1 again, now holding a finished prompt: atomically too
+    store.write_prompts(rest, {s.name: np.stack([W.maps_for(i)[s.name] for i in rest]) for s in W.SPECS})
+    assert (W.SPECS[0].array_name, True) not in used
+    np.testing.assert_array_equal(store.read(W.SPECS[0].name, list(range(6)))[:, 0, 0, 0], np.arange(6))
+
+
+def test_a_shard_holds_at_most_64_mb_of_maps():
+    big = ArraySpec("big/self", (10, 1024, 1024), ("step", "query", "key"))  # 20 MB a prompt in fp16
+    store = CaptureStore.create(f"memory://melodia-test-{uuid.uuid4().hex}/b.zarr", prompts=[str(i) for i in range(64)],
+                                specs=[big], identity={"m": 1})
+    assert store.prompts_per_shard == 3

@@ -48,7 +48,8 @@ def _adapter_for(class_name: str, name: str) -> type[DiffusionModel]:
     if class_name in ADAPTERS:
         module, adapter = ADAPTERS[class_name].split(":")
         return getattr(importlib.import_module(module), adapter)
-    raise MelodiaError(f"{name}: pipeline class {class_name} is not supported (supported: {', '.join(sorted(ADAPTERS))})")
+    raise MelodiaError(f"{name}: pipeline class {class_name} is not supported "
+                       f"(supported: {', '.join(sorted(ADAPTERS))})")
 
 
 def _registered_base(pipeline_class: type) -> str | None:
