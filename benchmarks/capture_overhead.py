@@ -7,8 +7,10 @@ Every arm runs in this process, alternating, with the same prompts, steps and se
 are measured in one run. Arms: plain sampling; recording every module every step with the map
 made in a second pass beside torch's SDPA (`one_pass=False`, how capture worked before); with
 output and map from one pass (`one_pass=True`, the default); and, on the pipelines, the whole
-`capture()` (layer table, text embeddings, store writes). The full-size arm times the denoiser
-loop (10.24 s clip, CFG batch 2), which is where sampling spends its time.
+`capture()` (layer table, text embeddings, store writes); the pipeline arms take turns for
+--repeats rounds (best of each shown). The full-size arm times the denoiser loop (10.24 s clip,
+CFG batch 2), where sampling spends its time, once per arm in a fixed order (plain, two passes,
+one pass): each arm takes minutes on a CPU.
 """
 from __future__ import annotations
 

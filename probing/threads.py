@@ -3,7 +3,8 @@
 torch starts with one thread per core in every process; two ranks on 2 cores then each run 2
 threads that spin against each other (measured: 4.5x the CPU for the same capture). Under a
 multi-process launch (torchrun, accelerate, or RANK / WORLD_SIZE set by hand) each process takes
-its share of the cores, unless the user chose: ``MELODIA_THREADS`` or ``OMP_NUM_THREADS``.
+its share of the cores, unless the user chose: ``MELODIA_THREADS`` or ``OMP_NUM_THREADS`` (not the
+1 that torchrun sets when the user set nothing).
 
 Examples:
     >>> threads_for_process({"WORLD_SIZE": "2"}, cores=16)
@@ -16,6 +17,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 from probing.errors import MelodiaError
 
@@ -38,16 +40,36 @@ def _positive(name: str, value: str) -> int:
     return threads
 
 
-def threads_for_process(env: Mapping[str, str] = os.environ, cores: int | None = None) -> int | None:
+def parent_environment() -> dict[str, str] | None:
+    """The environment the parent process was started with (Linux /proc), or None where it cannot be read."""
+    try:
+        raw = Path(f"/proc/{os.getppid()}/environ").read_bytes()
+    except OSError:
+        return None
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0") if "=" in item)
+
+
+def _set_by_torchrun(env: Mapping[str, str], parent_env: Mapping[str, str] | None) -> bool:
+    """torchrun exports OMP_NUM_THREADS=1 to its workers when its own environment has none: that 1 is
+    torchrun's default, not the user's choice (the agent's start-up environment shows which)."""
+    return (bool(env.get("TORCHELASTIC_RUN_ID")) and env.get("OMP_NUM_THREADS") == "1"
+            and parent_env is not None and "OMP_NUM_THREADS" not in parent_env)
+
+
+def threads_for_process(env: Mapping[str, str] = os.environ, cores: int | None = None,
+                        parent_env: Mapping[str, str] | None = None) -> int | None:
     """Threads this process should give torch, or None to leave them as they are.
 
-    ``MELODIA_THREADS`` wins; a set ``OMP_NUM_THREADS`` is the user's (torch reads it itself: None);
-    otherwise, with several processes of one launch on this machine (``LOCAL_WORLD_SIZE``, else
-    ``WORLD_SIZE``), the cores divided among them, at least 1; alone: None.
+    ``MELODIA_THREADS`` wins; a set ``OMP_NUM_THREADS`` is the user's (torch reads it itself: None),
+    except the 1 torchrun sets by default; otherwise, with several processes of one launch on this
+    machine (``LOCAL_WORLD_SIZE``, else ``WORLD_SIZE``), the cores divided among them, at least 1;
+    alone: None. `parent_env` (default: read from /proc) tells torchrun's default from the user's.
     """
     if env.get("MELODIA_THREADS"):
         return _positive("MELODIA_THREADS", env["MELODIA_THREADS"])
-    if env.get("OMP_NUM_THREADS"):
+    if parent_env is None and env is os.environ:
+        parent_env = parent_environment()
+    if env.get("OMP_NUM_THREADS") and not _set_by_torchrun(env, parent_env):
         return None
     processes = env.get("LOCAL_WORLD_SIZE") or env.get("WORLD_SIZE") or "1"
     processes = _positive("LOCAL_WORLD_SIZE" if env.get("LOCAL_WORLD_SIZE") else "WORLD_SIZE", processes)
@@ -64,7 +86,9 @@ def configure_threads(threads: int | None = None) -> int | None:
         >>> configure_threads(2)
         2
     """
-    threads = threads_for_process() if threads is None else _positive("threads", str(threads))
+    if threads is not None:  # an explicit count: later calls (capture, bench) must keep it
+        os.environ["MELODIA_THREADS"] = str(_positive("threads", str(threads)))
+    threads = threads_for_process()
     if threads is None:
         return None
     os.environ["OMP_NUM_THREADS"] = str(threads)  # BLAS libraries loaded later read it

@@ -11,7 +11,7 @@ import torch
 
 from editing.cli import main
 from probing.errors import MelodiaError
-from probing.threads import configure_threads, threads_for_process
+from probing.threads import configure_threads, parent_environment, threads_for_process
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -38,10 +38,23 @@ def test_bad_settings_are_named(env):
 def test_configure_threads_sets_torch_and_the_environment(monkeypatch):
     before = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("MELODIA_THREADS", "2")  # an explicit count wins over it, also for later calls
     try:
         assert configure_threads(1) == 1 and torch.get_num_threads() == 1 and os.environ["OMP_NUM_THREADS"] == "1"
+        assert configure_threads() == 1  # what capture and bench call again: the explicit count holds
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("parent, expected", [({}, 8), ({"OMP_NUM_THREADS": "1"}, None)])
+def test_torchruns_default_of_one_thread_is_not_the_users_choice(parent, expected):
+    env = {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "x", "OMP_NUM_THREADS": "1"}
+    assert threads_for_process(env, cores=16, parent_env=parent) == expected  # the user's own 1 is kept
+
+
+def test_the_parent_environment_is_read_where_the_platform_allows():
+    parent = parent_environment()
+    assert parent is None or (isinstance(parent, dict) and all(isinstance(k, str) for k in parent))
 
 
 def test_a_rank_started_by_hand_takes_its_share_of_the_cores():
