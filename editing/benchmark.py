@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from editing.editor import EditSettings
 from editing.manifests import CATEGORIES, EditItem, Manifest, SynthClip
 from editing.metrics import ClapEmbedder, LPAPSNet, MissingWeightsError, score_edit
 from probing.errors import MelodiaError
@@ -120,12 +121,17 @@ def ablation_conditions(auto_spec: str | None = None) -> list[Condition]:
 
 @dataclass(frozen=True)
 class EditOptions:
-    """The settings every edit of a run shares (`Melodia.edit` arguments)."""
+    """The settings every edit of a run shares (fields of `EditSettings`; the plan file records them)."""
 
     t_start: float = 0.6
     steps: int = 50
     guidance: float = 3.5
     seed: int = 0
+
+    def settings_for(self, target_prompt: str, condition: Condition) -> EditSettings:
+        """The `EditSettings` of one item under one condition (a swept condition overrides its setting)."""
+        return EditSettings(target_prompt, condition.method, condition.layers,
+                            **(asdict(self) | dict(condition.settings)))
 
 
 @dataclass(frozen=True)
@@ -246,16 +252,15 @@ def run_benchmark(plan: BenchPlan, editor, out: str | Path, scorer: Scorer, *, s
             if save_audio:
                 _save(out, item, {"source": source, "ideal": ideal}, sr)
             for condition in todo:
-                settings = asdict(plan.edit) | dict(condition.settings)
+                settings = plan.edit.settings_for(item.target_prompt, condition)
                 start = time.perf_counter()
-                edited = editor.edit(source, item.target_prompt, method=condition.method, layers=condition.layers,
-                                     **settings).audio
+                edited = editor.edit(source, settings).audio
                 seconds = time.perf_counter() - start
                 if save_audio:
                     _save(out, item, {condition.name: edited}, sr)
                 writer.write({"item": item.id, "category": item.category, "condition": condition.name,
-                              "method": condition.method, "layers": condition.layers, "t_start": settings["t_start"],
-                              "guidance": settings["guidance"], "seconds": seconds,
+                              "method": condition.method, "layers": condition.layers, "t_start": settings.t_start,
+                              "guidance": settings.guidance, "seconds": seconds,
                               **scorer.score(item, source, edited, ideal, sr)})
     return rows_path
 

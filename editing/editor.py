@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 import torch
@@ -165,18 +165,33 @@ class Melodia:
         window = getattr(self.model, "clip_samples", None)
         return wave if window is None else np.pad(wave, (0, window - len(wave)))
 
-    def edit(self, wave: np.ndarray, target_prompt: str, method: str = "melodia", layers: str | None = "auto",
-             t_start: float = 0.6, steps: int = 50, guidance: float = 3.5, seed: int = 0, windows: bool = True,
-             source_prompt: str = "", source_guidance: float = 1.0, progress: bool = False) -> EditResult:
-        """Edit mono `wave` (at the model's rate) towards `target_prompt` with `method` (one of METHODS that
-        applies to the model: METHODS_BY_PREDICTION).
+    def edit(self, wave: np.ndarray, target: str | EditSettings, progress: bool = False, **settings) -> EditResult:
+        """Edit mono `wave` (at the model's rate) towards `target`: a prompt with `EditSettings` fields as
+        keywords, or an `EditSettings` (keywords then override its fields). The method is one of METHODS
+        that applies to the model (METHODS_BY_PREDICTION).
 
         A source longer than the model's window is edited in windows overlapping by WINDOW_OVERLAP,
         each with the same settings and seed, joined by crossfades; `windows=False` refuses it instead.
         `source_prompt` / `source_guidance` describe the source for ddpm-friendly's noise extraction
         (Manor & Michaeli) and FlowEdit's source velocity; Melodia and the other methods never need
         a source description.
+
+        Examples:
+            >>> editor.edit(piano, "a violin melody", t_start=0.5).audio
+            >>> settings = EditSettings("a violin melody", layers="self:8-14", steps=25)
+            >>> editor.edit(piano, settings)                      # the same settings object the CLI and bench use
         """
+        unknown = sorted(set(settings) - {f.name for f in fields(EditSettings)})
+        if unknown:
+            raise TypeError(f"edit() got unknown settings {unknown}; EditSettings has "
+                            f"{', '.join(f.name for f in fields(EditSettings))}")
+        base = target if isinstance(target, EditSettings) else EditSettings(target)
+        chosen = replace(base, **settings)
+        return self._edit(wave, chosen, progress)
+
+    def _edit(self, wave: np.ndarray, chosen: EditSettings, progress: bool) -> EditResult:
+        method, layers, t_start, steps = chosen.method, chosen.layers, chosen.t_start, chosen.steps
+        windows, source_prompt, source_guidance = chosen.windows, chosen.source_prompt, chosen.source_guidance
         if method not in METHODS:
             raise MelodiaError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
         runs = METHODS_BY_PREDICTION[self.model.prediction]
@@ -188,8 +203,7 @@ class Melodia:
         if method not in SOURCE_PROMPT_METHODS and (source_prompt or source_guidance != 1.0):
             raise MelodiaError(f"a source prompt / source guidance is used by {' and '.join(SOURCE_PROMPT_METHODS)} "
                                f"only, not by {method}")
-        settings = EditSettings(target_prompt, method, layers if method == "melodia" else "none", t_start, steps,
-                                guidance, seed, windows, source_prompt, source_guidance)
+        settings = replace(chosen, layers=layers if method == "melodia" else "none")
         inverted_steps(steps, t_start)  # validates t_start before any work
         resolved = self.auto_layers() if settings.layers == "auto" else settings.layers  # the profile asked once
         modules = self.injected_modules(resolved)
@@ -198,7 +212,7 @@ class Melodia:
         timings: dict[str, float] = {}
         with _timed(timings, "encode"), torch.no_grad():
             source = self.model.encode_prompt([source_prompt], guidance=source_guidance)
-            target = self.model.encode_prompt([target_prompt], guidance=guidance)
+            target = self.model.encode_prompt([chosen.target_prompt], guidance=chosen.guidance)
         edited = []
         label = f"{method} {resolved}" if method == "melodia" else method
         for index, (a, b) in enumerate(spans):

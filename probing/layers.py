@@ -165,7 +165,17 @@ def _parse_one(text: str, spec: str, table: LayerTable) -> set[tuple[str, int]]:
 
 def layer_names(modules: list[ModuleInfo]) -> list[str]:
     """The modules by the layer-spec language's names: "self:8", or "self:8/<alias>" where a layer holds several."""
+    return typed_names([(m.kind, m.layer, m.alias) for m in modules])
+
+
+def typed_names(entries: list[tuple[str, int, str]]) -> list[str]:
+    """`layer_names` for (kind, layer, alias) triples, e.g. from a store's array attributes.
+
+    Examples:
+        >>> typed_names([("self", 8, "up1.a0.t0.attn1"), ("cross", 8, "up1.a0.t0.attn2"), ("cross", 8, "up1.a0.t1.attn2")])
+        ['self:8', 'cross:8/up1.a0.t0.attn2', 'cross:8/up1.a0.t1.attn2']
+    """
     counts: dict[tuple[str, int], int] = {}
-    for m in modules:
-        counts[m.kind, m.layer] = counts.get((m.kind, m.layer), 0) + 1
-    return [f"{m.kind}:{m.layer}" + (f"/{m.alias}" if counts[m.kind, m.layer] > 1 else "") for m in modules]
+    for kind, layer, _ in entries:
+        counts[kind, layer] = counts.get((kind, layer), 0) + 1
+    return [f"{kind}:{layer}" + (f"/{alias}" if counts[kind, layer] > 1 else "") for kind, layer, alias in entries]

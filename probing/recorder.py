@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from probing.hooks import AttentionCall, AttentionHooks
-from probing.layers import LayerTable, ModuleInfo, measure_layer_table
+from probing.layers import LayerTable, ModuleInfo, layer_names, measure_layer_table
 from probing.maps import Reduction, attention_reduced, map_grids, reduce_call
 
 
@@ -122,8 +122,17 @@ class AttentionRecorder:
     def __exit__(self, *exc) -> None:
         self._hooks.__exit__(*exc)
 
-    def stacked(self, path: str) -> tuple[list[float], np.ndarray]:
-        """(timesteps in recording order, maps (steps, batch', heads', Q', K')) of one module."""
+    @property
+    def layer_names(self) -> dict[str, str]:
+        """The recorded modules by the layer-spec language's names ("cross:14") -> module path."""
+        return dict(zip(layer_names(self.modules), (m.path for m in self.modules)))
+
+    def stacked(self, name: str) -> tuple[list[float], np.ndarray]:
+        """(timesteps in recording order, maps (steps, batch', heads', Q', K')) of one module, by module path
+        or layer name ("cross:14")."""
+        path = name if name in self.records else self.layer_names.get(name)
+        if path is None:
+            raise KeyError(f"{name!r} was not recorded; recorded: {', '.join(self.layer_names)}")
         by_step = self.records[path]
         if not by_step:
             return [], np.zeros((0,), dtype=np.float16)

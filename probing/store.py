@@ -478,14 +478,36 @@ class CaptureStore:
             await array.setitem(span, values[start:stop])
             start = stop
 
+    @property
+    def layer_names(self) -> dict[str, str]:
+        """Attention-map arrays by the layer-spec language's names ("self:8", "cross:8/<alias>" where a layer
+        holds several) -> the array's name (`<module path>/<kind>`), in layer order.
+
+        Examples:
+            >>> open_capture("memory://doc.zarr").layer_names     # a store captured by melodia
+            {'self:1': 'blk.attn1/self'}
+        """
+        from probing.layers import typed_names  # imports torch: only when asked
+
+        maps = [s for s in self.specs if s.attrs.get("kind") in ("self", "cross") and "layer" in s.attrs]
+        maps.sort(key=lambda s: (s.attrs["layer"], s.attrs["kind"] != "self"))
+        names = typed_names([(s.attrs["kind"], s.attrs["layer"], s.attrs.get("alias") or s.attrs.get("module", s.name))
+                             for s in maps])
+        return dict(zip(names, (s.name for s in maps)))
+
     def spec(self, name: str) -> ArraySpec:
-        """The spec of array `name` (KeyError naming the known arrays otherwise)."""
+        """The spec of array `name`, or of the map a layer name ("self:8") stands for (KeyError naming the known
+        arrays otherwise)."""
         if name not in self._specs:
-            raise KeyError(f"no array {name!r} in {self.url}; known: {sorted(self._specs)}")
+            typed = self.layer_names
+            if name in typed:
+                return self._specs[typed[name]]
+            raise KeyError(f"no array {name!r} in {self.url}; known: {sorted(typed) or sorted(self._specs)}")
         return self._specs[name]
 
     def read(self, name: str, prompts: slice | list[int] | None = None) -> np.ndarray:
-        """Maps `name` of the chosen prompts (all by default), shaped ``(n_prompts, *spec.shape)``.
+        """Maps `name` (an array name or a layer name such as "cross:14") of the chosen prompts (all by
+        default), shaped ``(n_prompts, *spec.shape)``.
 
         Examples:
             >>> s = open_capture("memory://doc.zarr")

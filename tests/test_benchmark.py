@@ -12,7 +12,7 @@ import soundfile as sf
 
 from editing.benchmark import ROW_FIELDS, RowWriter, read_rows
 from editing.cli import main
-from editing.editor import Melodia
+from editing.editor import EditSettings, Melodia
 from editing.manifests import AudioFile, SynthClip, load_manifest
 from probing.errors import MelodiaError
 from probing.probes import ProbeScore
@@ -44,9 +44,11 @@ def count_edits(monkeypatch) -> list[tuple[str, str]]:
     """Every Melodia.edit call as (method, layers); the edits still run."""
     calls, original = [], Melodia.edit
 
-    def counted(self, wave, prompt, method="melodia", layers="auto", **options):
-        calls.append((method, layers))
-        return original(self, wave, prompt, method=method, layers=layers, **options)
+    def counted(self, wave, target, **options):
+        result = original(self, wave, target, **options)
+        calls.append((result.settings.method, target.layers if isinstance(target, EditSettings) else
+                      options.get("layers", "auto")))
+        return result
 
     monkeypatch.setattr(Melodia, "edit", counted)
     return calls

@@ -32,6 +32,13 @@ def test_capture_stores_what_the_recorder_saw(untrained_testbed, tmp_path):
     for module, spec in zip(recorder.modules, store.specs):
         _, maps = recorder.stacked(module.path)
         np.testing.assert_array_equal(store.read(spec.name, [1])[0], maps[:, 0, 0])
+    # the layer-spec language's names reach the same arrays in the store and the recorder
+    assert list(store.layer_names) == ["cross:1", "cross:2", "self:8"] == sorted(recorder.layer_names)
+    for name, array in store.layer_names.items():
+        assert array == f"{recorder.layer_names[name]}/{name.split(':')[0]}"
+        np.testing.assert_array_equal(store.read(name, [1])[0], recorder.stacked(name)[1][:, 0, 0])
+    with pytest.raises(KeyError, match="known: .*self:8"):
+        store.read("self:9")
     dataset = xr.open_zarr(tmp_path / "s.zarr")
     assert dataset.sizes["prompt"] == 3 and "done" in dataset
 

@@ -125,3 +125,16 @@ def test_the_result_names_the_injected_band_as_the_layer_spec_language_does(edit
     assert summary["layers"] == "self:8-14" and summary["injected_layers"] == [f"self:{n}" for n in range(8, 15)]
     assert len(summary["injected_modules"]) == 7
     assert editor.edit(source, PROMPT, layers="none", steps=3).summary()["layers"] == "none"
+
+
+def test_one_settings_object_or_keywords_give_the_same_edit(editor, source):
+    from editing.editor import EditSettings
+
+    settings = EditSettings(PROMPT, layers="self:8-14", steps=6, t_start=0.5, seed=3)
+    by_object = editor.edit(source, settings)
+    by_keywords = editor.edit(source, PROMPT, layers="self:8-14", steps=6, t_start=0.5, seed=3)
+    assert np.array_equal(by_object.audio, by_keywords.audio) and by_object.settings == settings
+    overridden = editor.edit(source, settings, t_start=0.7)  # a keyword overrides the object's field
+    assert overridden.settings.t_start == 0.7 and not np.array_equal(overridden.audio, by_object.audio)
+    with pytest.raises(TypeError, match="unknown settings"):
+        editor.edit(source, PROMPT, step=6)

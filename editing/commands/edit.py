@@ -74,7 +74,7 @@ def run(args) -> None:
     if args.plot:
         check_output(args.plot, ".png")
     from editing.audio import write_wav
-    from editing.editor import Melodia
+    from editing.editor import EditSettings, Melodia
     from editing.plots import plot_spectrograms
     from probing.models import load_model
     from probing.paths import write_json
@@ -82,9 +82,9 @@ def run(args) -> None:
     model = load_model(args.model, device=args.device)
     source = resample(wave, rate, model.sample_rate, str(args.source), max_seconds=MAX_SOURCE_SECONDS)
     editor = Melodia(model, profile=profile, require_baseline=not args.no_baseline)
-    result = editor.edit(source, args.prompt, method=args.method, layers=args.layers, t_start=args.t_start,
-                         steps=args.steps, guidance=args.guidance, seed=args.seed, windows=args.windows,
-                         source_prompt=args.source_prompt, source_guidance=args.source_guidance, progress=True)
+    settings = EditSettings(args.prompt, args.method, args.layers, args.t_start, args.steps, args.guidance, args.seed,
+                            args.windows, args.source_prompt, args.source_guidance)
+    result = editor.edit(source, settings, progress=True)
     output = Path(args.output)
     sidecar = {**result.summary(), "source": str(args.source), "model": args.model, "output": str(output),
                "profile": args.profile}
