@@ -60,11 +60,17 @@ def _fast_codecs() -> Iterator[None]:
 
     zarr-python picks an array's codec pipeline when the array object is built, so the global
     config is switched only for that moment (under a lock) and the user's own zarr use is untouched.
+    With `OMP_NUM_THREADS` set (by the user or by probing.threads for a rank), zarrs' thread pool
+    takes that many threads too.
     """
     if not fast_codecs_available():
         yield
         return
-    with _codec_lock, zarr.config.set({"codec_pipeline.path": ZARRS_PIPELINE}):
+    settings = {"codec_pipeline.path": ZARRS_PIPELINE}
+    threads = os.environ.get("OMP_NUM_THREADS", "")  # this process's share of the cores (probing.threads)
+    if threads.isdigit() and int(threads) > 0:
+        settings["threading.max_workers"] = int(threads)  # zarrs' own pool: no more threads than torch's
+    with _codec_lock, zarr.config.set(settings):
         yield
 
 

@@ -339,3 +339,15 @@ def test_a_shard_holds_at_most_64_mb_of_maps():
     store = CaptureStore.create(f"memory://melodia-test-{uuid.uuid4().hex}/b.zarr", prompts=[str(i) for i in range(64)],
                                 specs=[big], identity={"m": 1})
     assert store.prompts_per_shard == 3
+
+
+@pytest.mark.skipif(not fast_codecs_available(), reason="zarrs not installed")
+def test_zarrs_threads_follow_the_process_share_of_the_cores(monkeypatch):
+    from probing.store import _fast_codecs
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    with _fast_codecs():
+        assert zarr.config.get("threading.max_workers") == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    with _fast_codecs():
+        assert zarr.config.get("threading.max_workers") is None  # zarrs' default: every core
