@@ -165,7 +165,8 @@ class Melodia:
         window = getattr(self.model, "clip_samples", None)
         return wave if window is None else np.pad(wave, (0, window - len(wave)))
 
-    def edit(self, wave: np.ndarray, target: str | EditSettings, progress: bool = False, **settings) -> EditResult:
+    def edit(self, wave: np.ndarray, target: str | EditSettings | None = None, *, progress: bool = False,
+             **settings) -> EditResult:
         """Edit mono `wave` (at the model's rate) towards `target`: a prompt with `EditSettings` fields as
         keywords, or an `EditSettings` (keywords then override its fields). The method is one of METHODS
         that applies to the model (METHODS_BY_PREDICTION).
@@ -185,6 +186,12 @@ class Melodia:
         if unknown:
             raise TypeError(f"edit() got unknown settings {unknown}; EditSettings has "
                             f"{', '.join(f.name for f in fields(EditSettings))}")
+        if target is None:
+            if "target_prompt" not in settings:
+                raise TypeError("edit() needs a target: a prompt, an EditSettings, or target_prompt=")
+            target = settings.pop("target_prompt")
+        if not isinstance(target, (str, EditSettings)):
+            raise TypeError(f"edit() target must be a prompt (str) or an EditSettings, not {type(target).__name__}")
         base = target if isinstance(target, EditSettings) else EditSettings(target)
         chosen = replace(base, **settings)
         return self._edit(wave, chosen, progress)

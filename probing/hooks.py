@@ -74,6 +74,18 @@ def _dispatch_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=F
     return _underlying_sdpa(query, key, value, **sdpa_kwargs)
 
 
+def bound_arguments(function: Callable, args: tuple, kwargs: dict,
+                    signature: inspect.Signature | None = None) -> dict[str, Any]:
+    """A call's arguments by parameter name, positional ones bound by `function`'s signature and its
+    catch-all keyword parameter (whatever its name) unpacked."""
+    signature = signature or inspect.signature(function)
+    bound = signature.bind_partial(*args, **kwargs).arguments
+    for name, parameter in signature.parameters.items():
+        if parameter.kind is inspect.Parameter.VAR_KEYWORD:
+            bound.update(bound.pop(name, {}))
+    return dict(bound)
+
+
 def _timestep_of(args: tuple, kwargs: dict) -> float | None:
     t = kwargs.get("timestep", args[1] if len(args) > 1 else None)
     if t is None:
@@ -146,10 +158,9 @@ class AttentionHooks:
         signature = self._signatures.get(type(module))
         if signature is None:
             signature = self._signatures[type(module)] = inspect.signature(module.forward)
-        bound = signature.bind_partial(*args, **kwargs).arguments
+        bound = bound_arguments(module.forward, args, kwargs, signature)
         bound.pop(next(iter(signature.parameters)))
-        extra = bound.pop("kwargs", {}) if "kwargs" in signature.parameters else {}
-        return {**bound, **extra}
+        return bound
 
     def _module_pre(self, path):
         def hook(module, args, kwargs):

@@ -370,6 +370,8 @@ class MLPProbe(ClassifierMixin, BaseEstimator):
 
     def __init__(self, hidden: int = 32, components: int = 64, epochs: int = 100, lr: float = 3e-2,
                  weight_decay: float = 1e-2, seed: int = 0):
+        if isinstance(hidden, ProbeSettings):
+            raise TypeError("MLPProbe takes its hyperparameters flat; for a ProbeSettings: MLPProbe.from_settings(s)")
         self.hidden, self.components, self.epochs = hidden, components, epochs
         self.lr, self.weight_decay, self.seed = lr, weight_decay, seed
 

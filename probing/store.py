@@ -490,8 +490,8 @@ class CaptureStore:
         holds several) -> the array's name (`<module path>/<kind>`), in layer order.
 
         Examples:
-            >>> open_capture("memory://doc.zarr").layer_names     # a store captured by melodia
-            {'self:1': 'blk.attn1/self'}
+            >>> open_capture("maps.zarr").layer_names              # a store written by melodia capture
+            {'self:1': 'down_blocks.1.attentions.0.transformer_blocks.0.attn1/self', 'cross:1': ...}
         """
         from probing.layers import typed_names  # imports torch: only when asked
 
@@ -508,7 +508,8 @@ class CaptureStore:
             typed = self.layer_names
             if name in typed:
                 return self._specs[typed[name]]
-            raise KeyError(f"no array {name!r} in {self.url}; known: {sorted(typed) or sorted(self._specs)}")
+            raise KeyError(f"no array {name!r} in {self.url}; layer names: {sorted(typed)}; "
+                           f"arrays: {sorted(self._specs)}")
         return self._specs[name]
 
     def read(self, name: str, prompts: slice | list[int] | None = None) -> np.ndarray:

@@ -187,7 +187,7 @@ class Trace:
             MelodiaError: nothing was recorded, the word is not in the prompt, or no recorded layer
                 attends to the prompt's own tokens.
         """
-        if not self.prompts:
+        if not self.prompts or self.recorder is None:
             raise MelodiaError("nothing was recorded: call the pipeline with a prompt inside `with trace(...)`")
         if len(self.prompts) > 1:
             raise MelodiaError(f"the pipeline was called with {len(self.prompts)} prompts; trace one at a time")

@@ -37,7 +37,7 @@ def test_capture_stores_what_the_recorder_saw(untrained_testbed, tmp_path):
     for name, array in store.layer_names.items():
         assert array == f"{recorder.layer_names[name]}/{name.split(':')[0]}"
         np.testing.assert_array_equal(store.read(name, [1])[0], recorder.stacked(name)[1][:, 0, 0])
-    with pytest.raises(KeyError, match="known: .*self:8"):
+    with pytest.raises(KeyError, match="layer names: .*self:8"):
         store.read("self:9")
     dataset = xr.open_zarr(tmp_path / "s.zarr")
     assert dataset.sizes["prompt"] == 3 and "done" in dataset

@@ -138,3 +138,13 @@ def test_one_settings_object_or_keywords_give_the_same_edit(editor, source):
     assert overridden.settings.t_start == 0.7 and not np.array_equal(overridden.audio, by_object.audio)
     with pytest.raises(TypeError, match="unknown settings"):
         editor.edit(source, PROMPT, step=6)
+
+
+def test_edit_arguments_that_cannot_mean_anything_are_refused(editor, source):
+    with pytest.raises(TypeError):
+        editor.edit(source, PROMPT, "ddim")  # the method is a keyword: a positional one is not taken as progress
+    with pytest.raises(TypeError, match="needs a target"):
+        editor.edit(source, steps=6)
+    with pytest.raises(TypeError, match="prompt .* or an EditSettings"):
+        editor.edit(source, 3)
+    assert editor.edit(source, target_prompt=PROMPT, layers="none", steps=2).settings.target_prompt == PROMPT

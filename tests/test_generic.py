@@ -82,3 +82,13 @@ def test_the_generic_adapter_says_what_it_cannot_do(painter):
         pass
     with pytest.raises(MelodiaError, match="nothing was recorded: call the pipeline"):
         tc.word_heat_map("violin")
+
+
+def test_arguments_are_bound_by_name_whatever_the_catch_all_is_called():
+    from probing.hooks import bound_arguments
+
+    def forward(sample, timestep, encoder_hidden_states=None, **extra):
+        return sample
+
+    assert bound_arguments(forward, (1, 2), {"encoder_hidden_states": 3, "cross": 4}) == {
+        "sample": 1, "timestep": 2, "encoder_hidden_states": 3, "cross": 4}

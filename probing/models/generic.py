@@ -6,7 +6,8 @@ attention modules. What a family adapter knows in advance (the denoiser's inputs
 table) is measured from the pipeline's own first denoiser call instead. Cross-attention keys count
 as the prompt's tokens (word heat maps) when the pipeline has a fast tokenizer that pads to as
 many tokens as the layer has keys (CLIP-style conditioning); generation, inversion and editing
-need a family adapter.
+need a family adapter. The measurement is one extra denoiser forward at the first step: a denoiser
+that keeps state across calls (a step counter, diffusers' block caches) sees one call more.
 
 Examples:
     >>> with trace(my_pipe) as tc:                 # a pipeline class melodia does not know
@@ -15,13 +16,13 @@ Examples:
 """
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
 import torch
 
 from probing.errors import MelodiaError
+from probing.hooks import bound_arguments
 from probing.models.base import Conditioning, DiffusionModel
 
 
@@ -47,9 +48,7 @@ class GenericModel(DiffusionModel):
 
     def remember_inputs(self, args: tuple, kwargs: dict) -> None:
         """Keep the arguments of a real denoiser call (by name): the layer table is measured with them."""
-        bound = inspect.signature(self.denoiser.forward).bind_partial(*args, **kwargs).arguments
-        extra = bound.pop("kwargs", {}) if "kwargs" in inspect.signature(self.denoiser.forward).parameters else {}
-        self._inputs = {**bound, **extra}
+        self._inputs = bound_arguments(self.denoiser.forward, args, kwargs)
 
     @property
     def has_inputs(self) -> bool:
