@@ -9,8 +9,8 @@ made in a second pass beside torch's SDPA (`one_pass=False`, how capture worked 
 output and map from one pass (`one_pass=True`, the default); and, on the pipelines, the whole
 `capture()` (layer table, text embeddings, store writes); the pipeline arms take turns for
 --repeats rounds (best of each shown). The full-size arm times the denoiser loop (10.24 s clip,
-CFG batch 2), where sampling spends its time, once per arm in a fixed order (plain, two passes,
-one pass): each arm takes minutes on a CPU.
+CFG batch 2), where sampling spends its time, the arms taking turns for --repeats rounds
+(medians shown).
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import argparse
 import tempfile
 import time
 
+import numpy as np
 import torch
 
 from probing.capture import CaptureSettings, capture, map_spec
@@ -78,7 +79,7 @@ def pipeline_ratio(name: str, steps: int, repeats: int) -> None:
                                                   for arm in ("two passes", "one pass", "capture()")))
 
 
-def full_size_ratio(steps: int, specs: list[str]) -> None:
+def full_size_ratio(steps: int, specs: list[str], repeats: int) -> None:
     from probing.models.audioldm2 import reference_model
 
     model = reference_model("cpu")
@@ -101,13 +102,18 @@ def full_size_ratio(steps: int, specs: list[str]) -> None:
             maps = {spec.name: recorder.stacked(m.path)[1][:, 0, 0] for spec, m in zip(specs, modules)}
             store.write_prompt(0, {k: v[..., :spec.shape[-1]] for (k, v), spec in zip(maps.items(), specs)})
 
-    base = best_of(1, loop)
     for spec in specs:
         modules = table.select(spec)
-        two, one = best_of(1, lambda: captured(modules, False)), best_of(1, lambda: captured(modules, True))
+        times: dict[str, list[float]] = {"plain": [], "two": [], "one": []}
+        for _ in range(repeats):  # the arms take turns: a change in the machine's load hits all three
+            times["plain"].append(best_of(1, loop))
+            times["two"].append(best_of(1, lambda: captured(modules, False)))
+            times["one"].append(best_of(1, lambda: captured(modules, True)))
+        med = {arm: float(np.median(t)) for arm, t in times.items()}
         print(f"audioldm2-music full-size UNet (random weights), {steps} CFG steps of 10.24 s, layers {spec} "
-              f"({len(modules)} modules): plain {base:.1f} s, two passes {two:.1f} s ({two / base:.3f}x), "
-              f"one pass {one:.1f} s ({one / base:.3f}x)")
+              f"({len(modules)} modules), median of {repeats}: plain {med['plain']:.1f} s, two passes {med['two']:.1f} s "
+              f"({med['two'] / med['plain']:.3f}x), one pass {med['one']:.1f} s ({med['one'] / med['plain']:.3f}x); "
+              f"per round one pass / plain " + ", ".join(f"{o / b:.3f}" for o, b in zip(times["one"], times["plain"])))
 
 
 def main() -> None:
@@ -124,7 +130,7 @@ def main() -> None:
     for name in args.models.split(","):
         pipeline_ratio(name, args.steps, args.repeats)
     if args.full_size:
-        full_size_ratio(args.full_size_steps, args.full_size_layers.split(";"))
+        full_size_ratio(args.full_size_steps, args.full_size_layers.split(";"), args.repeats)
 
 
 if __name__ == "__main__":
