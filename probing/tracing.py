@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from probing.errors import MelodiaError
-from probing.layers import LayerTable, layer_names
+from probing.layers import LayerTable
 from probing.maps import Reduction
 from probing.recorder import AttentionRecorder
 
@@ -166,7 +166,7 @@ class Trace:
         """The recorded modules by name: "cross:14" (or "cross:14/<alias>" where a layer holds several)."""
         if self.recorder is None:
             raise MelodiaError("nothing was recorded: call the pipeline inside `with trace(...)`")
-        return layer_names(self.recorder.modules)
+        return list(self.recorder.layer_names)
 
     def __getitem__(self, name: str) -> LayerMaps:
         """The maps of one recorded module by name (see `layer_names`) or module path."""
