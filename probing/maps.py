@@ -21,6 +21,19 @@ import torch.nn.functional as F
 from probing.hooks import AttentionCall
 
 
+def additive_mask(mask: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """An attention mask as SDPA adds it to the logits: a boolean mask (True = attend) becomes 0 / -inf.
+
+    A mask that is already additive (floating point) is returned as it is.
+
+        >>> additive_mask(torch.tensor([True, False]))
+        tensor([0., -inf])
+    """
+    if mask.dtype != torch.bool:
+        return mask
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
 @dataclass(frozen=True)
 class Reduction:
     """How a captured map is reduced on the fly (recorded in the store's attributes).

@@ -14,7 +14,7 @@ import torch
 
 from probing.hooks import AttentionCall, AttentionHooks
 from probing.layers import LayerTable, ModuleInfo, layer_names, measure_layer_table
-from probing.maps import Reduction, attention_reduced, map_grids, reduce_call
+from probing.maps import Reduction, additive_mask, attention_reduced, map_grids, reduce_call
 
 
 _UNFUSED = "unfused"  # a recorded call whose map comes from a second pass over the hooked Q/K
@@ -82,8 +82,7 @@ class AttentionRecorder:
             value = value.repeat_interleave(query.shape[1] // value.shape[1], dim=1)
         mask = sdpa.get("attn_mask")
         if mask is not None:
-            if mask.dtype == torch.bool:
-                mask = torch.zeros(mask.shape, dtype=query.dtype, device=query.device).masked_fill(~mask, float("-inf"))
+            mask = additive_mask(mask, query.dtype)
             while mask.dim() < 4:
                 mask = mask.unsqueeze(0)
         scale = sdpa.get("scale") or query.shape[-1] ** -0.5

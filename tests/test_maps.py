@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from probing.hooks import AttentionHooks
-from probing.maps import Reduction, attention_probs_reduced, attention_reduced, reduce_call
+from probing.maps import Reduction, additive_mask, attention_probs_reduced, attention_reduced, reduce_call
 
 SELF = "up_blocks.2.attentions.0.transformer_blocks.0.attn1"
 CROSS = "down_blocks.1.attentions.0.transformer_blocks.0.attn2"
@@ -93,3 +93,15 @@ def test_a_row_with_every_key_masked_attends_to_nothing_as_in_torch():
     expected = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, scale=0.5)
     assert torch.isfinite(output).all() and torch.isfinite(reduced).all() and reduced[0].abs().max() == 0
     torch.testing.assert_close(output, expected.nan_to_num(0.0), atol=1e-5, rtol=1e-5)
+
+
+def test_a_boolean_mask_becomes_additive_and_masks_what_sdpa_masks():
+    keep = torch.tensor([[True, False, True]])
+    mask = additive_mask(keep, torch.float64)
+    assert mask.dtype == torch.float64 and mask[0, 0] == 0 and mask[0, 1] == float("-inf")
+    q, k, v = torch.randn(1, 1, 2, 4), torch.randn(1, 1, 3, 4), torch.randn(1, 1, 3, 4)
+    boolean = F.scaled_dot_product_attention(q, k, v, attn_mask=keep)
+    torch.testing.assert_close(F.scaled_dot_product_attention(q, k, v, attn_mask=additive_mask(keep)), boolean)
+    assert not torch.allclose(F.scaled_dot_product_attention(q, k, v), boolean)  # the mask matters here
+    already = torch.tensor([0.0, -1.0])
+    assert additive_mask(already) is already

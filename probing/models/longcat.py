@@ -35,6 +35,7 @@ from diffusers.pipelines.longcat_audio_dit.pipeline_longcat_audio_dit import _le
 from probing.models.base import Conditioning
 from probing.models.flow import FlowModel
 from probing.models.family import Family
+from probing.maps import additive_mask
 
 FAMILY = Family(name="longcat", adapter="LongCatModel", pipelines=("LongCatAudioDiTPipeline",),
                 tiny="tiny-longcat", reference_config="longcat_audio_dit_transformer", order=6)
@@ -95,8 +96,7 @@ class AudioDiTAttentionGeometry:
         mask = call_kwargs.get("attention_mask")
         if mask is None:
             return None
-        mask = mask.bool()
-        additive = torch.zeros(mask.shape, dtype=torch.float32, device=mask.device).masked_fill(~mask, -math.inf)
+        additive = additive_mask(mask.bool())
         if additive.ndim == 2:  # (B, M): what the native SDPA backend reshapes to (B, 1, 1, M)
             return additive.view(batch, 1, 1, key_len)
         return additive.unsqueeze(1) if additive.ndim == 3 else additive

@@ -61,6 +61,7 @@ from diffusers.pipelines.stable_audio_3.pipeline_stable_audio_3 import logsnr_si
 from probing.models.base import Conditioning, QKTap
 from probing.models.flow import FlowModel
 from probing.models.family import Family
+from probing.maps import additive_mask
 
 FAMILY = Family(name="stable-audio-3", adapter="StableAudio3Model", pipelines=("StableAudio3Pipeline",),
                 tiny="tiny-stable-audio-3", reference_config="stable_audio_3_transformer", order=5)
@@ -166,8 +167,7 @@ class StableAudio3Model(FlowModel):
         mask = call_kwargs.get("context_mask")
         if mask is None:
             return None
-        keep = mask.bool()[:, None, None, :]
-        return torch.zeros(keep.shape, device=keep.device).masked_fill(~keep, float("-inf"))
+        return additive_mask(mask.bool()[:, None, None, :])
 
     # ---- conditioning and sampling ------------------------------------------------------------------
     def encode_prompt(self, prompts: list[str], guidance: float, negative: list[str] | None = None) -> Conditioning:
