@@ -113,9 +113,20 @@ def method_conditions(methods: Sequence[str], layers: str = "auto") -> list[Cond
     return [Condition(m, m, layers if m == "melodia" else "none") for m in methods]
 
 
-def ablation_conditions(auto_spec: str | None = None) -> list[Condition]:
-    """The paper's layer ablation with melodia (none, all, 6-16, 8-14, 10-12), plus `auto` when a spec is given."""
+def ablation_conditions(auto_spec: str | None = None, bands: Sequence[str] | None = None) -> list[Condition]:
+    """The paper's layer ablation with melodia (none, all, 6-16, 8-14, 10-12), plus `auto` when a spec is given.
+
+    `bands` keeps only these names, in the ablation's order (e.g. ("none", "all"): the positive control).
+    """
     rows = [*ABLATION_LAYERS, *([("auto", auto_spec)] if auto_spec else [])]
+    if bands is not None:
+        known = [name for name, _ in ABLATION_LAYERS] + ["auto"]
+        unknown = [b for b in bands if b not in known]
+        if unknown or not bands or len(set(bands)) < len(bands):
+            raise MelodiaError(f"--bands takes distinct names from {', '.join(known)}; got {','.join(bands)}")
+        if "auto" in bands and not auto_spec:
+            raise MelodiaError("--bands auto needs --profile (from `melodia probe`)")
+        rows = [row for row in rows if row[0] in bands]
     return [Condition(name, "melodia", spec) for name, spec in rows]
 
 

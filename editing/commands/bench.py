@@ -24,7 +24,8 @@ two --sweep give every combination, without a frontier) and adds the frontier: a
 structure, one curve per method, and structure at matched adherence per pair of methods
 (frontier.png, frontier.csv, a table in summary.md).
 --ablation layers runs melodia with the paper's layer bands: none, all (self:*), 6-16, 8-14,
-10-12, and auto (the band --profile selects; skipped without --profile).
+10-12, and auto (the band --profile selects; skipped without --profile); --bands none,all keeps
+those two (the injection's positive control: every self-attention layer against none).
 --resume skips the edits already in DIR. Under torchrun (RANK, WORLD_SIZE) each rank edits
 items[rank::world] into rows.rank<R>.csv; then --summarize merges them. Details: docs/cli/bench.md.
 
@@ -33,6 +34,7 @@ examples:
   melodia bench testbed --methods {DEFAULT_METHODS} -o results/testbed --resume
   melodia bench testbed --model testbed-dit -o results/testbed-dit       # {DEFAULT_FLOW_METHODS}
   melodia bench testbed --ablation layers --category timbre --profile profile.json -o results/ablation
+  melodia bench testbed --ablation layers --bands none,all --category timbre --sweep t_start=0.6,0.8,1.0 -o results/control
   melodia bench testbed --sweep t_start=0.4,0.6,0.8,1.0 --methods melodia,ddim,sdedit,ddpm-friendly -o results/frontier
   melodia bench musicdelta --data-dir ~/MedleyDB/Audio --model cvssp/audioldm2-music --clap clap/ \\
       --lpaps lpaps.pth -o results/musicdelta
@@ -48,6 +50,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--methods", help=f"comma-separated methods (default {DEFAULT_METHODS}; on "
                         f"flow-matching models {DEFAULT_FLOW_METHODS}; on Stable Audio Open those but flowedit)")
     parser.add_argument("--ablation", choices=["layers"], help="the layer ablation with melodia instead of methods")
+    parser.add_argument("--bands", metavar="NAMES", help="with --ablation: only these bands, comma-separated "
+                        "(none, all, 6-16, 8-14, 10-12, auto), e.g. none,all")
     add_model_argument(parser)
     parser.add_argument("--layers", default="auto", help="melodia's layer spec (default auto: --profile's band, "
                         "else the model's default)")
@@ -128,6 +132,8 @@ def _check_options(args) -> None:
 
     if args.ablation and (args.methods or args.layers != "auto"):
         raise MelodiaError("--ablation layers runs melodia with each layer band: drop --methods and --layers")
+    if args.bands and not args.ablation:
+        raise MelodiaError("--bands picks bands of the layer ablation: add --ablation layers")
 
 
 def _conditions(args, editor) -> list:
@@ -135,9 +141,10 @@ def _conditions(args, editor) -> list:
     from editing.benchmark import ablation_conditions, method_conditions
 
     if args.ablation:
-        if editor.profile is None:
+        bands = args.bands.split(",") if args.bands else None
+        if editor.profile is None and bands is None:
             print("melodia bench: the 'auto' row is skipped: give --profile (from `melodia probe`)", file=sys.stderr)
-        return ablation_conditions(editor.auto_layers() if editor.profile else None)
+        return ablation_conditions(editor.auto_layers() if editor.profile else None, bands)
     from editing.methods import METHODS_BY_PREDICTION
     from probing.errors import MelodiaError
 
