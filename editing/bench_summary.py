@@ -241,8 +241,9 @@ def markdown(records: list[dict], notes: list[str], plan: dict) -> str:
     for name in dict.fromkeys(name for name, _ in settings):  # a sweep: its values instead of the default
         edit[name] = "swept (" + ", ".join(dict.fromkeys(f"{v:g}" for n, v in settings if n == name)) + ")"
     lines = [f"# {plan['manifest']}: {plan['study']} on {plan['model']}", "",
-             f"steps {edit['steps']}, t_start {edit['t_start']}, guidance {edit['guidance']}, seed {edit['seed']}; "
-             "mean ± 95 % CI over items; ↑ higher is better, ↓ lower is better.", ""]
+             f"steps {edit['steps']}, t_start {edit['t_start']}, guidance {edit['guidance']}, seed {edit['seed']}"
+             + (f", inversion refinements {edit['inversion_refinements']}" if "inversion_refinements" in edit else "")
+             + "; mean ± 95 % CI over items; ↑ higher is better, ↓ lower is better.", ""]
     for group in dict.fromkeys(r["group"] for r in records):
         block = [r for r in records if r["group"] == group]
         metrics = [m for m in TABLE_METRICS if any(math.isfinite(r[f"{m}_mean"]) for r in block)]

@@ -29,6 +29,7 @@ import numpy as np
 
 from editing.editor import EditSettings
 from editing.manifests import CATEGORIES, EditItem, Manifest, SynthClip
+from editing.methods import INVERTING_METHODS
 from editing.metrics import ClapEmbedder, LPAPSNet, MissingWeightsError, score_edit
 from probing.errors import MelodiaError
 from probing.paths import write_json
@@ -138,11 +139,17 @@ class EditOptions:
     steps: int = 50
     guidance: float = 3.5
     seed: int = 0
+    inversion_refinements: int | None = None  # None: the model's (recorded in the plan only when chosen)
 
     def settings_for(self, target_prompt: str, condition: Condition) -> EditSettings:
-        """The `EditSettings` of one item under one condition (a swept condition overrides its setting)."""
-        return EditSettings(target_prompt, condition.method, condition.layers,
-                            **(asdict(self) | dict(condition.settings)))
+        """The `EditSettings` of one item under one condition (a swept condition overrides its setting).
+
+        The inversion's refinements apply to the methods that invert (the others start elsewhere).
+        """
+        chosen = asdict(self) | dict(condition.settings)
+        if condition.method not in INVERTING_METHODS:
+            chosen["inversion_refinements"] = None
+        return EditSettings(target_prompt, condition.method, condition.layers, **chosen)
 
 
 @dataclass(frozen=True)
@@ -163,7 +170,8 @@ class BenchPlan:
 
     def to_json(self) -> dict:
         return {"format": "melodia.bench", "study": self.study, "manifest": self.manifest.name,
-                "manifest_file": str(self.manifest.path), "model": self.model, "edit": asdict(self.edit),
+                "manifest_file": str(self.manifest.path), "model": self.model,
+                "edit": {k: v for k, v in asdict(self.edit).items() if v is not None},
                 "metrics": self.metrics, "conditions": [asdict(c) for c in self.conditions],
                 "items": [item.id for item in self.chosen]}
 

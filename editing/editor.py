@@ -28,8 +28,8 @@ from editing.baselines import NoiseMaps, ddpm_noise_maps, ddpm_sample, sdedit_no
 from editing.flow import flow_sdedit_noise, flowedit, ode_samplers
 from editing.injection import inject_source_qk, record_source_qk
 from editing.inversion import inverted_steps, progress_label
-from editing.methods import (MAX_SOURCE_SECONDS, METHODS, METHODS_BY_PREDICTION, ODE_PREDICTIONS, SOURCE_PROMPT_METHODS,
-                             WINDOW_OVERLAP)
+from editing.methods import (INVERTING_METHODS, MAX_SOURCE_SECONDS, METHODS, METHODS_BY_PREDICTION, ODE_PREDICTIONS,
+                             SOURCE_PROMPT_METHODS, WINDOW_OVERLAP)
 from editing.repository import AttentionRepository, predicted_bytes
 from editing.windows import join_windows, seam_flux_ratio, seam_positions, window_spans
 from probing.errors import MelodiaError
@@ -52,6 +52,8 @@ class EditSettings:
     windows: bool = True
     source_prompt: str = ""  # ddpm-friendly / flowedit only: the prompt (and guidance) the source is seen with
     source_guidance: float = 1.0
+    # fixed-point iterations per inversion step (melodia, inversion/ddim); None: the model's (0 = plain DDIM)
+    inversion_refinements: int | None = None
 
 
 @dataclass
@@ -75,11 +77,13 @@ class EditResult:
     source_seam_flux_ratio: float | None = None
     layers: str = "none"  # the injected band as a layer spec ("auto" resolved, e.g. "self:8-14")
     injected_layers: list[str] = field(default_factory=list)  # the injected modules by name ("self:8", ...)
+    inversion_refinements: int | None = None  # fixed-point iterations per inversion step (None: not inverted)
 
     def summary(self) -> dict:
         """JSON-ready settings, injected modules, timings, repository sizes, seam report and package versions."""
         return {"versions": _versions(), "settings": asdict(self.settings), "sample_rate": self.sample_rate,
                 "layers": self.layers, "injected_layers": self.injected_layers,
+                "inversion_refinements": self.inversion_refinements,
                 "injected_modules": self.injected, "timings_s": self.timings,
                 "repository_bytes": self.repository_bytes,
                 "seams": {"positions": self.seams, "flux_ratio": self.seam_flux_ratio,
@@ -211,6 +215,8 @@ class Melodia:
             raise MelodiaError(f"a source prompt / source guidance is used by {' and '.join(SOURCE_PROMPT_METHODS)} "
                                f"only, not by {method}")
         settings = replace(chosen, layers=layers if method == "melodia" else "none")
+        refine = self._refinements(chosen)
+        run = replace(settings, inversion_refinements=refine)  # as given in the result; resolved beside it
         inverted_steps(steps, t_start)  # validates t_start before any work
         resolved = self.auto_layers() if settings.layers == "auto" else settings.layers  # the profile asked once
         modules = self.injected_modules(resolved)
@@ -224,14 +230,14 @@ class Melodia:
         label = f"{method} {resolved}" if method == "melodia" else method
         for index, (a, b) in enumerate(spans):
             with progress_label(label + (f", window {index + 1}/{len(spans)}" if len(spans) > 1 else "")):
-                edited.append(self._edit_window(wave[a:b], settings, modules, source, target, timings, progress))
+                edited.append(self._edit_window(wave[a:b], run, modules, source, target, timings, progress))
         audio = join_windows([piece for piece, _ in edited], spans)
         sizes = {"predicted": predicted_bytes(self.model, modules, inverted_steps(steps, t_start)),
                  "measured": max(measured for _, measured in edited)}  # per window: one repository at a time
         rate = self.model.sample_rate
         return EditResult(audio, rate, settings, [m.path for m in modules], timings, sizes, seam_positions(spans),
                           seam_flux_ratio(audio, rate, spans), seam_flux_ratio(wave, rate, spans),
-                          resolved if modules else "none", layer_names(modules))
+                          resolved if modules else "none", layer_names(modules), refine)
 
     def _edit_window(self, wave: np.ndarray, settings: EditSettings, modules: list[ModuleInfo], source: Conditioning,
                      target: Conditioning, timings: dict[str, float], progress: bool) -> tuple[np.ndarray, int]:
@@ -250,6 +256,18 @@ class Melodia:
             audio = self.model.decode(z_edit)[: len(wave)]
         return audio, measured
 
+    def _refinements(self, s: EditSettings) -> int | None:
+        """The inversion's fixed-point iterations per step for `s` (the model's by default; None: no inversion)."""
+        refine = s.inversion_refinements
+        if refine is not None and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
+            raise MelodiaError(f"inversion_refinements must be a whole number >= 0, got {refine!r}")
+        if s.method not in INVERTING_METHODS:
+            if refine:
+                raise MelodiaError(f"inversion_refinements refine the ODE inversion of {', '.join(INVERTING_METHODS)}; "
+                                   f"{s.method} does not invert that way")
+            return None
+        return self.model.inversion_refinements if refine is None else refine
+
     def _invert(self, s: EditSettings, z0: torch.Tensor, source: Conditioning, modules: list[ModuleInfo],
                 repository: AttentionRepository, generator: torch.Generator,
                 progress: bool) -> torch.Tensor | NoiseMaps:
@@ -264,7 +282,7 @@ class Melodia:
             return z0
         invert, _ = ode_samplers(self.model)
         with record_source_qk(self.model, modules, repository):  # source is the empty prompt here
-            return invert(self.model, z0, source, s.steps, s.t_start, progress=progress)
+            return invert(self.model, z0, source, s.steps, s.t_start, progress=progress, refine=s.inversion_refinements)
 
     def _denoise(self, s: EditSettings, start: torch.Tensor | NoiseMaps, source: Conditioning, target: Conditioning,
                  modules: list[ModuleInfo], repository: AttentionRepository, generator: torch.Generator,

@@ -104,6 +104,7 @@ def flowedit(model: FlowModel, z0: torch.Tensor, source: Conditioning, target: C
 def ode_samplers(model: DiffusionModel) -> tuple[Callable[..., torch.Tensor], Callable[..., torch.Tensor]]:
     """The deterministic (invert, sample) pair of a model's kind: Euler over its sigmas (flow, EDM), or DDIM.
 
-    Both take (model, latents, cond, steps, t_start, guidance=1.0, on_step=None, progress=False).
+    Both take (model, latents, cond, steps, t_start, guidance=1.0, on_step=None, progress=False); the inverter
+    also `refine` (fixed-point iterations per step, default the model's `inversion_refinements`).
     """
     return (flow_invert, flow_sample) if model.prediction in ODE_PREDICTIONS else (ddim_invert, ddim_sample)

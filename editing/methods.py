@@ -13,5 +13,6 @@ METHODS_BY_PREDICTION = {"epsilon": ("melodia", "inversion", "ddim", "sdedit", "
                          "edm": ("melodia", "inversion", "sdedit")}  # Stable Audio Open's ODE in sigma
 ODE_PREDICTIONS = ("flow", "edm")  # edited by Euler over the adapter's sigmas (editing.flow)
 SOURCE_PROMPT_METHODS = ("ddpm-friendly", "flowedit")  # the methods that take a source description
+INVERTING_METHODS = ("melodia", "inversion", "ddim")  # start from the ODE inversion (inversion_refinements)
 WINDOW_OVERLAP = 0.25  # of the model's window, for sources longer than it
 MAX_SOURCE_SECONDS = 600.0

@@ -3,7 +3,9 @@
     python -m editing.testbed_report --out docs/testbed-results [--run runs/testbed] [--per-class 4]
     python -m editing.testbed_report --model testbed-dit --out docs/testbed-dit-results --run runs/testbed-dit
 
-Writes report.json, confusion_instrument.png and (with --run) loss_curve.png. Adherence is judged
+Writes report.json, confusion_instrument.png and (with --run) loss_curve.png. The round trip to noise and
+back runs on --inversion-clips clips of different instruments, the same whatever --per-class, once with
+the explicit inversion step and once with one fixed-point refinement per step. Adherence is judged
 by the independent attribute classifier (librosa features, trained on synthesizer renders, never
 on model output); its ceiling is the same classifier on synthesizer renders passed through the
 testbed's own codec (log-mel + Griffin-Lim), since every generated clip goes through that decoder.
@@ -41,6 +43,13 @@ def sample_labels(per_class: int, seed: int) -> list[dict]:
     return items
 
 
+def inversion_items(count: int, seed: int) -> list[dict]:
+    """`count` clips of different instruments (evenly spaced over the list) for the round trip, whatever --per-class
+    is: reports of different sizes, and of different models, invert the same clips."""
+    items = sample_labels(1, seed)
+    return items[::max(1, len(items) // count)][:count]
+
+
 def accuracy(predicted: list[str], truth: list[str]) -> float:
     return float(np.mean([p == t for p, t in zip(predicted, truth)]))
 
@@ -60,9 +69,13 @@ def generated_clips(model, items: list[dict], steps: int, guidance: float, batch
     return waves
 
 
-def codec_round_trips(model, items: list[dict]) -> tuple[list[np.ndarray], list[np.ndarray]]:
-    sources = [render_clip(i["instrument"], i["style"], i["mood"], i["score_seed"]) for i in items]
-    return sources, [model.decode(model.encode_audio(w)) for w in tqdm(sources, desc="codec round trips")]
+def rendered(items: list[dict]) -> list[np.ndarray]:
+    """The synthesizer's renders of `items` (their notes from `score_seed`)."""
+    return [render_clip(i["instrument"], i["style"], i["mood"], i["score_seed"]) for i in items]
+
+
+def codec_round_trips(model, sources: list[np.ndarray]) -> list[np.ndarray]:
+    return [model.decode(model.encode_audio(w)) for w in tqdm(sources, desc="codec round trips")]
 
 
 def log_mel_l1(model, a: np.ndarray, b: np.ndarray) -> float:
@@ -70,20 +83,22 @@ def log_mel_l1(model, a: np.ndarray, b: np.ndarray) -> float:
     return float((codec.log_mel(torch.from_numpy(a)[None]) - codec.log_mel(torch.from_numpy(b)[None])).abs().mean())
 
 
-def reconstruction(model, sources: list[np.ndarray], steps: int) -> dict[str, float]:
-    """Empty-prompt inversion (DDIM, or the flow ODE) to pure noise and back (guidance 1) vs the codec round trip."""
+def reconstruction(model, sources: list[np.ndarray], steps: int, refine: int = 0) -> dict[str, float]:
+    """Empty-prompt inversion (DDIM, or the flow ODE; `refine` fixed-point iterations per step) to pure noise and
+    back (guidance 1) vs the codec round trip."""
     invert, sample = ode_samplers(model)
     empty = model.encode_prompt([""], guidance=1.0)
     latent_l1, audio_l1, codec_l1 = [], [], []
     for wave in tqdm(sources, desc="inversion round trips"):
         z0 = model.encode_audio(wave)
-        z_back = sample(model, invert(model, z0, empty, steps), empty, steps)
+        z_back = sample(model, invert(model, z0, empty, steps, refine=refine), empty, steps)
         latent_l1.append(float((z_back - z0).abs().mean()) * model.pipeline.codec.mel_std)  # in log-mel units
         audio_l1.append(log_mel_l1(model, wave, model.decode(z_back)))
         codec_l1.append(log_mel_l1(model, wave, model.decode(z0)))
     return {"inversion_latent_log_mel_l1": float(np.mean(latent_l1)),
             "inversion_audio_log_mel_l1": float(np.mean(audio_l1)),
-            "codec_round_trip_log_mel_l1": float(np.mean(codec_l1)), "clips": len(sources), "steps": steps}
+            "codec_round_trip_log_mel_l1": float(np.mean(codec_l1)), "clips": len(sources), "steps": steps,
+            "inversion_refinements": refine}
 
 
 def plot_confusion(truth: list[str], predicted: list[str], classes: list[str], path: Path, title: str) -> None:
@@ -147,7 +162,9 @@ def main(argv: list[str] | None = None) -> None:
     truth = {a: [i[a] for i in items] for a in ATTRIBUTES}
     generated = classify(classifier, generated_clips(model, items, args.steps, args.guidance, 16, args.seed),
                          model.sample_rate)
-    sources, round_trips = codec_round_trips(model, items)
+    round_trips = codec_round_trips(model, rendered(items))
+    inversion = inversion_items(args.inversion_clips, args.seed)
+    inversion_sources = rendered(inversion)
     ceiling = classify(classifier, round_trips, model.sample_rate)
     report = {
         "model": args.model, "clips": len(items), "steps": args.steps, "guidance": args.guidance,
@@ -157,14 +174,17 @@ def main(argv: list[str] | None = None) -> None:
         "generated_instrument_accuracy_per_class": {
             c: accuracy([p for p, t in zip(generated["instrument"], truth["instrument"]) if t == c], [c] * args.per_class)
             for c in class_lists()["instrument"]},
-        "reconstruction": reconstruction(model, sources[:args.inversion_clips], 50),
+        "reconstruction": reconstruction(model, inversion_sources, 50)
+        | {"instruments": [i["instrument"] for i in inversion]},
+        "reconstruction_refined": reconstruction(model, inversion_sources, 50, refine=1),
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     plot_confusion(truth["instrument"], generated["instrument"], class_lists()["instrument"],
                    args.out / "confusion_instrument.png", f"{args.model} generations: instrument")
     if args.run is not None:
         plot_loss(args.run, args.out / "loss_curve.png")
-    print(json.dumps({k: report[k] for k in ("generated_accuracy", "codec_ceiling_accuracy", "reconstruction")},
+    print(json.dumps({k: report[k] for k in ("generated_accuracy", "codec_ceiling_accuracy", "reconstruction",
+                                             "reconstruction_refined")},
                      indent=1))
 
 

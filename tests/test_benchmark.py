@@ -259,6 +259,19 @@ def test_bands_keep_only_the_named_bands_of_the_ablation(capsys, tmp_path, untra
     assert_one_line_error(code, err, "add --ablation layers")
 
 
+def test_refinements_reach_the_inverting_methods_only_and_the_plan_names_them_only_when_chosen(tmp_path):
+    from editing.benchmark import BenchPlan, EditOptions, method_conditions
+
+    conditions = method_conditions(["melodia", "ddim", "sdedit", "ddpm-friendly"], "self:8-14")
+    refined = EditOptions(steps=4, inversion_refinements=2)
+    assert [refined.settings_for("violin", c).inversion_refinements for c in conditions] == [2, 2, None, None]
+    manifest = load_manifest("testbed")
+    plans = [BenchPlan(manifest, conditions, "testbed", options, manifest.select(None, 1)).to_json()["edit"]
+             for options in (EditOptions(), refined)]
+    assert "inversion_refinements" not in plans[0]  # runs written before the option resume as they were
+    assert plans[1]["inversion_refinements"] == 2
+
+
 def test_bench_help_shows_examples(capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(["bench", "--help"])

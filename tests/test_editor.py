@@ -87,7 +87,8 @@ def test_a_short_source_is_padded_and_cut_back(editor, source):
 @pytest.mark.parametrize("kwargs, message", [
     ({"t_start": 0.0}, "t_start must be in"), ({"t_start": 1.2}, "t_start must be in"),
     ({"layers": "self:17"}, "layers 1-16"), ({"layers": "cross:8"}, "only cross-attention"),
-    ({"method": "magic"}, "unknown method")])
+    ({"method": "magic"}, "unknown method"), ({"inversion_refinements": -1}, "whole number"),
+    ({"inversion_refinements": 1.5}, "whole number"), ({"method": "sdedit", "inversion_refinements": 1}, "does not invert")])
 def test_bad_settings_fail_before_any_work(editor, source, kwargs, message):
     with pytest.raises(MelodiaError, match=message):
         editor.edit(source, PROMPT, steps=4, **kwargs)
@@ -117,6 +118,15 @@ def test_a_timestep_recorded_again_replaces_its_q_and_k_without_counting_them_tw
         repository.put(0.5, "attn1", last, last)
         assert repository.nbytes == 2 * last.numel() * last.element_size()
         assert torch.equal(repository.get(0.5, "attn1")[0], last)
+
+
+def test_a_refined_inversion_changes_the_edit_and_the_sidecar_says_how_it_inverted(editor, source):
+    plain = editor.edit(source, PROMPT, method="ddim", steps=4)
+    refined = editor.edit(source, PROMPT, method="ddim", steps=4, inversion_refinements=1)
+    assert plain.summary()["inversion_refinements"] == 0  # the model's default: the explicit DDIM step
+    assert refined.summary()["inversion_refinements"] == 1 and refined.settings.inversion_refinements == 1
+    assert not np.allclose(plain.audio, refined.audio)
+    assert editor.edit(source, PROMPT, method="sdedit", steps=4).summary()["inversion_refinements"] is None
 
 
 def test_the_result_names_the_injected_band_as_the_layer_spec_language_does(editor, source):

@@ -111,3 +111,12 @@ def test_v1_weights_start_a_v2_run_where_the_shapes_match(data, tmp_path):
     torch.testing.assert_close(v2.pipe.unet.mid_block.attentions[0].proj_in.weight,
                                v1.unet.mid_block.attentions[0].proj_in.weight, atol=0, rtol=0)
     assert np.isfinite(v2.train_step())
+
+
+def test_the_report_inverts_clips_of_different_instruments_whatever_its_size():
+    from editing.testbed_report import inversion_items, sample_labels
+
+    clips = inversion_items(6, seed=0)
+    assert len(clips) == 6 and len({c["instrument"] for c in clips}) == 6
+    assert inversion_items(6, seed=0) == clips  # the same clips for every model and --per-class
+    assert sample_labels(8, 0)[:6] != clips  # not the first items of the adherence sample (all one instrument)

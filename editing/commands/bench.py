@@ -4,8 +4,8 @@ from __future__ import annotations
 import math
 import sys
 
-from editing.commands.common import (add_model_argument, add_output_argument, add_profile_arguments, formatter,
-                                     load_profile, print_json)
+from editing.commands.common import (REFINE_HELP, add_model_argument, add_output_argument, add_profile_arguments,
+                                     formatter, load_profile, print_json, refinements)
 
 DEFAULT_METHODS = "melodia,ddim,sdedit,ddpm-friendly"  # on DDPM-family models
 DEFAULT_FLOW_METHODS = "melodia,inversion,sdedit,flowedit"  # on flow-matching models
@@ -66,6 +66,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=3.5)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--refine", type=refinements, metavar="N", help=REFINE_HELP)
     parser.add_argument("--clap", metavar="CHECKPOINT", help="CLAP checkpoint (folder or cached id): adds CLAP")
     parser.add_argument("--lpaps", metavar="WEIGHTS", help="LPAPS weights file: adds LPAPS")
     parser.add_argument("--resume", action="store_true", help="continue the run in DIR, skipping finished edits")
@@ -110,7 +111,7 @@ def run(args) -> None:
         editor = Melodia(load_model(args.model, device=args.device), profile=profile,
                          require_baseline=not args.no_baseline)
         plan = BenchPlan(manifest, swept_conditions(_conditions(args, editor), grid), args.model,
-                         EditOptions(args.t_start, args.steps, args.guidance, args.seed), items,
+                         EditOptions(args.t_start, args.steps, args.guidance, args.seed, args.refine), items,
                          "layers" if args.ablation else "methods", {"clap": args.clap, "lpaps": args.lpaps})
         rows = run_benchmark(plan, editor, args.out, scorer, shard=shard, resume=args.resume,
                              data_dir=args.data_dir, save_audio=args.save_audio)

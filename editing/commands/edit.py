@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from editing.commands.common import (add_model_argument, add_profile_arguments, check_output, formatter, load_profile,
-                                     print_json)
+from editing.commands.common import (REFINE_HELP, add_model_argument, add_profile_arguments, check_output, formatter,
+                                     load_profile, print_json, refinements)
 from editing.methods import MAX_SOURCE_SECONDS, METHODS
 
 HELP = """Edit a clip towards a text prompt (Melodia: source self-attention Q/K injected while denoising).
@@ -53,6 +53,7 @@ def add_parser(sub) -> None:
     parser.add_argument("--guidance", type=float, default=3.5)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--method", default="melodia", choices=METHODS)
+    parser.add_argument("--refine", type=refinements, metavar="N", help=REFINE_HELP)
     parser.add_argument("--no-windows", dest="windows", action="store_false",
                         help="refuse a source longer than the model's window instead of editing it in windows")
     parser.add_argument("--source-prompt", default="", help="ddpm-friendly and flowedit only: a description of "
@@ -83,7 +84,7 @@ def run(args) -> None:
     source = resample(wave, rate, model.sample_rate, str(args.source), max_seconds=MAX_SOURCE_SECONDS)
     editor = Melodia(model, profile=profile, require_baseline=not args.no_baseline)
     settings = EditSettings(args.prompt, args.method, args.layers, args.t_start, args.steps, args.guidance, args.seed,
-                            args.windows, args.source_prompt, args.source_guidance)
+                            args.windows, args.source_prompt, args.source_guidance, args.refine)
     result = editor.edit(source, settings, progress=True)
     output = Path(args.output)
     sidecar = {**result.summary(), "source": str(args.source), "model": args.model, "output": str(output),

@@ -63,6 +63,9 @@ class DiffusionModel(ABC):
     # True when cross-attention's keys are `text_tokenizer`'s tokens of the prompt, in order from key 0
     # (checked per family; see token_spans). False: word-aligned probe features are unavailable.
     word_aligned_keys: ClassVar[bool] = False
+    # fixed-point iterations per inversion step (editing.inversion.ddim_invert, editing.flow.flow_invert):
+    # 0 = the explicit step, as the papers invert; each iteration costs one more evaluation per step
+    inversion_refinements: ClassVar[int] = 0
     sample_rate: int
 
     def __init__(self, pipeline: DiffusionPipeline, name: str):

@@ -32,8 +32,6 @@ class FlowModel(DiffusionModel):
     """A `DiffusionModel` whose scheduler is a flow-matching Euler sampler."""
 
     prediction: ClassVar[str] = "flow"
-    # fixed-point iterations per inversion step (editing.flow.flow_invert): 0 = the explicit step
-    inversion_refinements: ClassVar[int] = 0
 
     @abstractmethod
     def flow_sigmas(self, steps: int) -> torch.Tensor:
