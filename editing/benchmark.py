@@ -114,17 +114,26 @@ def method_conditions(methods: Sequence[str], layers: str = "auto") -> list[Cond
     return [Condition(m, m, layers if m == "melodia" else "none") for m in methods]
 
 
+def parse_bands(text: str) -> list[str]:
+    """`--bands` ("none, all") -> the ablation's band names, checked before any model loads.
+
+    >>> parse_bands("none, all")
+    ['none', 'all']
+    """
+    bands = [b.strip() for b in text.split(",")]
+    known = [name for name, _ in ABLATION_LAYERS] + ["auto"]
+    if not all(bands) or any(b not in known for b in bands) or len(set(bands)) < len(bands):
+        raise MelodiaError(f"--bands takes distinct names from {', '.join(known)}; got {text!r}")
+    return bands
+
+
 def ablation_conditions(auto_spec: str | None = None, bands: Sequence[str] | None = None) -> list[Condition]:
     """The paper's layer ablation with melodia (none, all, 6-16, 8-14, 10-12), plus `auto` when a spec is given.
 
-    `bands` keeps only these names, in the ablation's order (e.g. ("none", "all"): the positive control).
+    `bands` (from `parse_bands`) keeps only these, in the ablation's order (("none", "all"): the positive control).
     """
     rows = [*ABLATION_LAYERS, *([("auto", auto_spec)] if auto_spec else [])]
     if bands is not None:
-        known = [name for name, _ in ABLATION_LAYERS] + ["auto"]
-        unknown = [b for b in bands if b not in known]
-        if unknown or not bands or len(set(bands)) < len(bands):
-            raise MelodiaError(f"--bands takes distinct names from {', '.join(known)}; got {','.join(bands)}")
         if "auto" in bands and not auto_spec:
             raise MelodiaError("--bands auto needs --profile (from `melodia probe`)")
         rows = [row for row in rows if row[0] in bands]

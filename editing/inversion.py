@@ -115,7 +115,7 @@ def ddim_invert(model: DiffusionModel, z0: torch.Tensor, cond: Conditioning, ste
     model again on the step's own result, at the timestep it was told, converging to the latent that the
     DDIM sampling step maps back exactly (Pan et al. 2023; ReNoise, Garibi et al. 2024). On the testbeds one
     iteration cuts the 50-step round trip to noise and back by 5x (docs/editing.md, "Refined inversion");
-    the source Q/K recorded at a timestep are then the last evaluation's.
+    the source Q/K recorded at a timestep are then the last evaluation's (on the iterate before the returned one).
     """
     forward = DDIMScheduler.from_config(model.scheduler.config, **EXACT)
     inverse = DDIMInverseScheduler.from_config(model.scheduler.config, **EXACT, prediction_type="epsilon")

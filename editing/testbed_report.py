@@ -44,10 +44,12 @@ def sample_labels(per_class: int, seed: int) -> list[dict]:
 
 
 def inversion_items(count: int, seed: int) -> list[dict]:
-    """`count` clips of different instruments (evenly spaced over the list) for the round trip, whatever --per-class
+    """`count` (1-16) clips of different instruments, spread over the list, for the round trip, whatever --per-class
     is: reports of different sizes, and of different models, invert the same clips."""
     items = sample_labels(1, seed)
-    return items[::max(1, len(items) // count)][:count]
+    if not 1 <= count <= len(items):
+        raise ValueError(f"--inversion-clips takes 1 to {len(items)} (one per instrument), got {count}")
+    return [items[round(i)] for i in np.linspace(0, len(items) - 1, count)]
 
 
 def accuracy(predicted: list[str], truth: list[str]) -> float:
@@ -152,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--per-class", type=int, default=4)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance", type=float, default=3.0)
-    parser.add_argument("--inversion-clips", type=int, default=8)
+    parser.add_argument("--inversion-clips", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -240,23 +240,32 @@ def test_the_layer_ablation_runs_the_paper_bands_and_auto_from_a_profile(
     assert_one_line_error(code, err, "drop --methods")
 
 
-def test_bands_keep_only_the_named_bands_of_the_ablation(capsys, tmp_path, untrained_testbed_dir, count_edits):
-    from editing.benchmark import ablation_conditions
+def test_bands_keep_only_the_named_bands_of_the_ablation(capsys, tmp_path, untrained_testbed_dir, count_edits,
+                                                         monkeypatch):
+    from editing.benchmark import ablation_conditions, parse_bands
 
     out = tmp_path / "control"
-    code, _, err = bench(capsys, "testbed", "--ablation", "layers", "--bands", "all,none", "--model",
+    code, _, err = bench(capsys, "testbed", "--ablation", "layers", "--bands", "all, none", "--model",
                          untrained_testbed_dir, "--limit", "1", "--steps", "2", "-o", str(out))
     assert code == 0, err
     assert "'auto' row is skipped" not in err  # not asked for
     assert [(r["condition"], r["layers"]) for r in rows_of(out / "rows.csv")] == [("none", "none"), ("all", "self:*")]
     assert count_edits == [("melodia", "none"), ("melodia", "self:*")]
     assert [c.name for c in ablation_conditions("self:2-8", ["auto", "8-14"])] == ["8-14", "auto"]
-    for bands, message in ((["none", "9-12"], "distinct names"), (["all", "all"], "distinct names"),
-                           (["auto"], "needs --profile")):
-        with pytest.raises(MelodiaError, match=message):
-            ablation_conditions(None, bands)
-    code, _, err = bench(capsys, "testbed", "--bands", "none,all", "-o", str(tmp_path / "x"))
-    assert_one_line_error(code, err, "add --ablation layers")
+    for text in ("none,9-12", "all,all", "", "none,"):
+        with pytest.raises(MelodiaError, match="distinct names"):
+            parse_bands(text)
+    with pytest.raises(MelodiaError, match="needs --profile"):
+        ablation_conditions(None, ["auto"])
+    import probing.models
+
+    monkeypatch.setattr(probing.models, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
+    for args, message in ((["--bands", "none,all"], "add --ablation layers"),  # refused before the model loads
+                          (["--ablation", "layers", "--bands", "auto"], "needs --profile"),
+                          (["--ablation", "layers", "--bands", "nine"], "distinct names")):
+        code, _, err = bench(capsys, "testbed", *args, "-o", str(tmp_path / "x"))
+        assert_one_line_error(code, err, message)
+    assert not (tmp_path / "x").exists()
 
 
 def test_refinements_reach_the_inverting_methods_only_and_the_plan_names_them_only_when_chosen(tmp_path):

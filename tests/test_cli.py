@@ -137,6 +137,21 @@ def test_edit_writes_audio_sidecar_and_plot(capsys, tmp_path, untrained_testbed_
     sidecar = json.loads(out.with_suffix(".json").read_text())
     assert sidecar["settings"]["t_start"] == 0.6 and len(sidecar["injected_modules"]) == 7
     assert sf.info(out).samplerate == 16000 and (tmp_path / "cmp.png").stat().st_size > 10_000
+    assert sidecar["inversion_refinements"] == 0 and sidecar["settings"]["inversion_refinements"] is None
+
+    refined = tmp_path / "refined.wav"
+    code, _, err = run(capsys, "edit", str(tmp_path / "src.wav"), "--to", "violin", "-o", str(refined),
+                       "--model", untrained_testbed_dir, "--steps", "4", "--refine", "1")
+    assert code == 0, err
+    assert json.loads(refined.with_suffix(".json").read_text())["inversion_refinements"] == 1
+    edit_to_r = ["edit", str(tmp_path / "src.wav"), "--to", "violin", "-o", str(tmp_path / "r.wav"), "--steps", "2"]
+    for bad in ("--refine=-1", "--refine=x"):
+        with pytest.raises(SystemExit):
+            main([*edit_to_r, bad])
+        assert "expected a whole number >= 0" in capsys.readouterr().err
+    code, _, err = run(capsys, *edit_to_r, "--model", untrained_testbed_dir, "--refine", "1", "--method", "sdedit")
+    assert_one_line_error(code, err, "does not invert")
+    assert not (tmp_path / "r.wav").exists()
 
 
 @pytest.mark.parametrize("make_source, needle", [

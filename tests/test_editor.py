@@ -77,6 +77,11 @@ def test_the_repository_size_is_predicted_and_spills_to_disk(editor, source):
     spilling = Melodia(editor.model, memory_budget_mb=0.01)
     spilled = spilling.edit(source, PROMPT, layers="self:1-16", steps=5)
     assert np.array_equal(spilled.audio, result.audio)
+    # a refined inversion records each timestep again: the last evaluation replaces the first, in memory and on disk
+    refined = editor.edit(source, PROMPT, layers="self:1-16", steps=5, inversion_refinements=2)
+    assert refined.repository_bytes == result.repository_bytes
+    assert np.array_equal(spilling.edit(source, PROMPT, layers="self:1-16", steps=5, inversion_refinements=2).audio,
+                          refined.audio)
 
 
 def test_a_short_source_is_padded_and_cut_back(editor, source):

@@ -133,16 +133,25 @@ def _check_options(args) -> None:
 
     if args.ablation and (args.methods or args.layers != "auto"):
         raise MelodiaError("--ablation layers runs melodia with each layer band: drop --methods and --layers")
-    if args.bands and not args.ablation:
-        raise MelodiaError("--bands picks bands of the layer ablation: add --ablation layers")
+    if args.bands is not None:
+        from editing.benchmark import parse_bands
+
+        if not args.ablation:
+            raise MelodiaError("--bands picks bands of the layer ablation: add --ablation layers")
+        bands = parse_bands(args.bands)
+        if "auto" in bands and not args.profile:
+            raise MelodiaError("--bands auto needs --profile (from `melodia probe`)")
+        if "none" not in bands:
+            print("melodia bench: without the 'none' band the summary has no paired differences to no injection",
+                  file=sys.stderr)
 
 
 def _conditions(args, editor) -> list:
     """The compared columns: the methods, or the layer ablation ("auto" only with a profile)."""
-    from editing.benchmark import ablation_conditions, method_conditions
+    from editing.benchmark import ablation_conditions, method_conditions, parse_bands
 
     if args.ablation:
-        bands = args.bands.split(",") if args.bands else None
+        bands = parse_bands(args.bands) if args.bands is not None else None
         if editor.profile is None and bands is None:
             print("melodia bench: the 'auto' row is skipped: give --profile (from `melodia probe`)", file=sys.stderr)
         return ablation_conditions(editor.auto_layers() if editor.profile else None, bands)

@@ -21,9 +21,9 @@ def refinements(text: str) -> int:
     return int(text)
 
 
-REFINE_HELP = ("fixed-point iterations per inversion step (melodia, inversion/ddim; default: the model's, 0 on "
-               "DDIM models as the paper inverts, 4 on Stable Audio Open): 1 makes the round trip to noise and "
-               "back 5x closer on the testbeds for one more evaluation per inverted step")
+REFINE_HELP = ("fixed-point iterations per inversion step (melodia, inversion/ddim; default: the model's, 4 on "
+               "Stable Audio Open, else 0, the explicit step the papers invert with): 1 brings the UNet "
+               "testbeds' round trip to noise and back 5x closer for one more evaluation per inverted step")
 
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
