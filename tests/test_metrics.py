@@ -84,6 +84,23 @@ def test_a_late_or_silent_edit_misses_the_melody_and_silence_is_unvoiced():
         melody_accuracy(silent, source, SR)
 
 
+def test_a_source_scored_against_many_edits_is_tracked_once_and_its_contour_cannot_be_altered(monkeypatch):
+    import editing.metrics.melody as melody_module
+    from editing.metrics import score_edit
+
+    tracked, track = [], melody_module.pitch_contour
+    monkeypatch.setattr(melody_module, "pitch_contour", lambda wave, sr: tracked.append(len(wave)) or track(wave, sr))
+    source, ideal = melody(), melody(harmonics=(1.0, 0.1, 0.6, 0.3))
+    edits = [melody(shift=s) for s in (0, 1, 12)]
+    scores = [score_edit(source.copy(), edit, SR, "violin", ideal=ideal, clap="nobody/no-such-clap") for edit in edits]
+    assert len(tracked) == 2  # the references, the source and the ideal, once each for the three edits
+    assert [s["melody_raw_pitch"]["value"] for s in scores] == [
+        melody_accuracy(source, edit, SR).raw_pitch for edit in edits]  # the same scores as tracking each time
+    times, f0 = melody_module.reference_contour(source, SR)
+    with pytest.raises(ValueError):
+        f0[0] = 440.0
+
+
 def test_the_contour_follows_the_notes_at_any_rate():
     times, f0 = pitch_contour(librosa.resample(melody(), orig_sr=SR, target_sr=44_100), 44_100)
     assert times[1] - times[0] == pytest.approx(0.01)

@@ -17,7 +17,7 @@ import numpy as np
 from editing.metrics._common import MetricUnavailableError
 from editing.metrics.clap import DEFAULT_CLAP, ClapEmbedder, load_clap
 from editing.metrics.lpaps import LPAPSNet, lpaps_distance
-from editing.metrics.melody import Contour, contour_accuracy, pitch_contour
+from editing.metrics.melody import Contour, contour_accuracy, pitch_contour, reference_contour
 from editing.metrics.spectral import chroma_similarity
 from editing.metrics.testbed import classifier_adherence, ideal_edit_distance, prompt_targets
 
@@ -78,7 +78,7 @@ def score_edit(source: np.ndarray, edited: np.ndarray, sr: int, prompt: str, *,
 def _melody_scores(reference: np.ndarray, edited: Contour, sr: int, compares: str, prefix: str) -> dict[str, dict]:
     """<prefix>melody_raw_pitch and <prefix>melody_raw_chroma of the edit's contour against `reference`'s."""
     try:
-        melody = contour_accuracy(pitch_contour(reference, sr), edited)
+        melody = contour_accuracy(reference_contour(reference, sr), edited)  # one track per item, not per edit
     except MetricUnavailableError as error:
         return dict.fromkeys((f"{prefix}melody_raw_pitch", f"{prefix}melody_raw_chroma"), {"unavailable": str(error)})
     frames = {"voiced_frames": melody.voiced_frames}
