@@ -27,7 +27,8 @@ from tqdm import tqdm
 
 from editing.baselines import cpu_randn
 from editing.methods import ODE_PREDICTIONS
-from editing.inversion import StepCallback, ddim_invert, ddim_sample, inverted_steps, labelled, run_steps
+from editing.inversion import (StepCallback, ddim_invert, ddim_sample, fixed_point_step, inverted_steps, labelled,
+                               run_steps)
 from probing.models.base import Conditioning, DiffusionModel
 from probing.models.flow import FlowModel
 
@@ -52,21 +53,18 @@ def flow_invert(model: FlowModel, z0: torch.Tensor, cond: Conditioning, steps: i
 
     `refine` fixed-point iterations per step (default: the model's `inversion_refinements`) re-evaluate
     the derivative at the step's own result, converging to the latent that the sampler's Euler step
-    maps back exactly (the fixed-point inversion of Pan et al. 2023 / ReNoise, Garibi et al. 2024);
-    the source Q/K recorded at a timestep are then the last evaluation's.
+    maps back exactly (`editing.inversion.fixed_point_step`); the source Q/K recorded at a timestep are
+    then the last evaluation's.
     """
     sigmas = partial_sigmas(model, steps, t_start).flip(0)  # 0 = s_N < ... < s_k
     timesteps = torch.stack([model.timestep_for(s) for s in sigmas[1:]])  # each step's destination
-    euler, refine = _euler(sigmas), model.inversion_refinements if refine is None else refine
+    euler = _euler(sigmas)
 
-    def step(index: int, v: torch.Tensor, t: torch.Tensor, latents: torch.Tensor) -> torch.Tensor:
-        landed = euler(index, v, t, latents)
-        for _ in range(refine):
-            with torch.no_grad():
-                landed = euler(index, model.predict_noise(landed, t, cond, guidance), t, latents)
-        return landed
+    def step(index: int, v: torch.Tensor, t: torch.Tensor, at: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        return euler(index, v, t, origin)  # a velocity needs no conversion: where it was evaluated does not enter
 
-    return run_steps(model, timesteps, z0, cond, guidance, step, on_step, "inverting", progress)
+    return run_steps(model, timesteps, z0, cond, guidance, fixed_point_step(model, cond, guidance, refine, step),
+                     on_step, "inverting", progress)
 
 
 def flow_sample(model: FlowModel, zt: torch.Tensor, cond: Conditioning, steps: int, t_start: float = 1.0,

@@ -40,6 +40,8 @@ EXACT = {"clip_sample": False, "thresholding": False}
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]  # (index, timestep, latents before the step)
 # (index, model output, timestep, latents) -> the latents after the step
 Step = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# (index, model output, timestep, latents the output was evaluated at, latents stepped from) -> the latents after
+InversionStep = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 _PROGRESS_LABEL: ContextVar[str] = ContextVar("progress_label", default="")
@@ -106,6 +108,29 @@ def noise_estimate(scheduler: DDIMScheduler, output: torch.Tensor, t: torch.Tens
     raise MelodiaError(f"DDIM inversion cannot read prediction_type {kind!r} (epsilon, v_prediction or sample)")
 
 
+def fixed_point_step(model: DiffusionModel, cond: Conditioning, guidance: float, refine: int | None,
+                     step: InversionStep) -> Step:
+    """An inversion step solved by `refine` fixed-point iterations (None: the model's `inversion_refinements`).
+
+    The explicit step evaluates the model on the latents it steps from; each iteration evaluates it again, at
+    the same timestep, on where the last one landed, and steps again from the same latents: the fixed point
+    is the latent that the sampler's step maps back exactly (Pan et al. 2023; ReNoise, Garibi et al. 2024).
+
+        >>> run_steps(model, timesteps, z0, cond, 1.0, fixed_point_step(model, cond, 1.0, 1, ddim_step))
+    """
+    refine = model.inversion_refinements if refine is None else refine
+
+    def solved(index: int, output: torch.Tensor, t: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        landed = step(index, output, t, origin, origin)
+        for _ in range(refine):
+            with torch.no_grad():
+                output = model.predict_noise(landed, t, cond, guidance)
+            landed = step(index, output, t, landed, origin)
+        return landed
+
+    return solved
+
+
 def ddim_invert(model: DiffusionModel, z0: torch.Tensor, cond: Conditioning, steps: int, t_start: float = 1.0,
                 guidance: float = 1.0, on_step: StepCallback | None = None, progress: bool = False,
                 refine: int | None = None) -> torch.Tensor:
@@ -121,17 +146,12 @@ def ddim_invert(model: DiffusionModel, z0: torch.Tensor, cond: Conditioning, ste
     inverse = DDIMInverseScheduler.from_config(model.scheduler.config, **EXACT, prediction_type="epsilon")
     inverse.set_timesteps(steps, device=z0.device)
     timesteps = inverse.timesteps[: inverted_steps(steps, t_start)]
-    refine = model.inversion_refinements if refine is None else refine
 
-    def step(_: int, output: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        landed = inverse.step(noise_estimate(forward, output, t, x), t, x).prev_sample
-        for _ in range(refine):
-            with torch.no_grad():
-                output = model.predict_noise(landed, t, cond, guidance)
-            landed = inverse.step(noise_estimate(forward, output, t, landed), t, x).prev_sample
-        return landed
+    def step(_: int, output: torch.Tensor, t: torch.Tensor, at: torch.Tensor, origin: torch.Tensor) -> torch.Tensor:
+        return inverse.step(noise_estimate(forward, output, t, at), t, origin).prev_sample  # read at `at`'s level
 
-    return run_steps(model, timesteps, z0, cond, guidance, step, on_step, "inverting", progress)
+    return run_steps(model, timesteps, z0, cond, guidance, fixed_point_step(model, cond, guidance, refine, step),
+                     on_step, "inverting", progress)
 
 
 def ddim_sample(model: DiffusionModel, zt: torch.Tensor, cond: Conditioning, steps: int, t_start: float = 1.0,
