@@ -29,7 +29,7 @@ from editing.flow import flow_sdedit_noise, flowedit, ode_samplers
 from editing.injection import inject_source_qk, record_source_qk
 from editing.inversion import inverted_steps, progress_label
 from editing.methods import (INVERTING_METHODS, MAX_SOURCE_SECONDS, METHODS, METHODS_BY_PREDICTION, ODE_PREDICTIONS,
-                             SOURCE_PROMPT_METHODS, WINDOW_OVERLAP)
+                             SOURCE_PROMPT_METHODS, WINDOW_OVERLAP, check_refinements)
 from editing.repository import AttentionRepository, predicted_bytes
 from editing.windows import join_windows, seam_flux_ratio, seam_positions, window_spans
 from probing.errors import MelodiaError
@@ -258,15 +258,10 @@ class Melodia:
 
     def _refinements(self, s: EditSettings) -> int | None:
         """The inversion's fixed-point iterations per step for `s` (the model's by default; None: no inversion)."""
-        refine = s.inversion_refinements
-        if refine is not None and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
-            raise MelodiaError(f"inversion_refinements must be a whole number >= 0, got {refine!r}")
+        check_refinements(s.method, s.inversion_refinements)
         if s.method not in INVERTING_METHODS:
-            if refine:
-                raise MelodiaError(f"inversion_refinements refine the ODE inversion of {', '.join(INVERTING_METHODS)}; "
-                                   f"{s.method} does not invert that way")
             return None
-        return self.model.inversion_refinements if refine is None else refine
+        return self.model.inversion_refinements if s.inversion_refinements is None else s.inversion_refinements
 
     def _invert(self, s: EditSettings, z0: torch.Tensor, source: Conditioning, modules: list[ModuleInfo],
                 repository: AttentionRepository, generator: torch.Generator,

@@ -16,3 +16,15 @@ SOURCE_PROMPT_METHODS = ("ddpm-friendly", "flowedit")  # the methods that take a
 INVERTING_METHODS = ("melodia", "inversion", "ddim")  # start from the ODE inversion (inversion_refinements)
 WINDOW_OVERLAP = 0.25  # of the model's window, for sources longer than it
 MAX_SOURCE_SECONDS = 600.0
+
+
+def check_refinements(method: str, refine: object) -> None:
+    """Refuse an `inversion_refinements` that is not a whole number >= 0, or one given to a method that does
+    not start from the ODE inversion (None, the model's default, and 0 pass for every method)."""
+    from probing.errors import MelodiaError
+
+    if refine is not None and (isinstance(refine, bool) or not isinstance(refine, int) or refine < 0):
+        raise MelodiaError(f"inversion_refinements must be a whole number >= 0, got {refine!r}")
+    if refine and method not in INVERTING_METHODS:
+        raise MelodiaError(f"inversion_refinements refine the ODE inversion of {', '.join(INVERTING_METHODS)}; "
+                           f"{method} does not invert that way")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from editing.commands.common import (REFINE_HELP, add_model_argument, add_profile_arguments, check_output, formatter,
                                      load_profile, print_json, refinements)
-from editing.methods import INVERTING_METHODS, MAX_SOURCE_SECONDS, METHODS
+from editing.methods import MAX_SOURCE_SECONDS, METHODS, check_refinements
 
 HELP = """Edit a clip towards a text prompt (Melodia: source self-attention Q/K injected while denoising).
 
@@ -70,11 +70,7 @@ def run(args) -> None:
     profile = load_profile(args)
     from editing.audio import read_audio, resample
 
-    if args.refine and args.method not in INVERTING_METHODS:
-        from probing.errors import MelodiaError
-
-        raise MelodiaError(f"--refine refines the ODE inversion of {', '.join(INVERTING_METHODS)}; "
-                           f"{args.method} does not invert that way")
+    check_refinements(args.method, args.refine)  # the editor's own check, before the model loads
     wave, rate = read_audio(args.source, max_seconds=MAX_SOURCE_SECONDS)
     check_output(args.output, ".wav")
     if args.plot:
