@@ -23,7 +23,6 @@ is the models', not the instrument's.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -35,6 +34,7 @@ from editing.editor import Melodia  # noqa: E402
 from editing.injection import record_source_qk  # noqa: E402
 from editing.flow import ode_samplers  # noqa: E402
 from editing.repository import AttentionRepository  # noqa: E402
+from probing.capture import randomized_denoiser  # noqa: E402
 from probing.hooks import AttentionHooks  # noqa: E402
 from probing.layers import layer_names  # noqa: E402
 from probing.models import load_model  # noqa: E402
@@ -69,19 +69,6 @@ def positive_control(tokens: int = 64, heads: int = 2, dim: int = 16) -> tuple[f
     own = attention_rows(basis[None], basis[None], heads)
     shifted = attention_rows(basis[None], basis.roll(tokens // 2, 0)[None], heads)
     return span(own), total_variation(own, shifted)
-
-
-def random_twin(model):
-    """The same model with a denoiser of the same config and random weights (text encoder and codec kept)."""
-    twin = copy.copy(model)
-    twin.pipeline = copy.copy(model.pipeline)
-    torch.manual_seed(0)
-    fresh = type(model.denoiser).from_config(model.denoiser.config).eval()
-    for name in ("unet", "transformer"):
-        if getattr(model.pipeline, name, None) is model.denoiser:
-            setattr(twin.pipeline, name, fresh)
-    twin.name = f"{model.name} (random denoiser)"
-    return twin
 
 
 def headroom(model, t_start: float, steps: int) -> dict[str, tuple[float, float]]:
@@ -122,7 +109,9 @@ def main() -> None:
     print(f"positive control (64 tokens): span {control_span:.3f} (1/N = {1 / 64:.3f}), TV {control_tv:.3f}")
     for name in args.model or ["testbed"]:
         model = load_model(name)
-        trained, random = headroom(model, args.t_start, args.steps), headroom(random_twin(model), args.t_start, args.steps)
+        trained = headroom(model, args.t_start, args.steps)
+        with randomized_denoiser(model, seed=0):  # the probes' baseline: same config, fresh weights
+            random = headroom(model, args.t_start, args.steps)
         print(f"\n{name}, t_start {args.t_start}, {len(PAIRS)} edits without injection")
         print("| layer | span, trained | span, random denoiser | TV source vs own, trained | TV, random denoiser |")
         print("|---|---|---|---|---|")
