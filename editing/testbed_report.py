@@ -85,22 +85,23 @@ def log_mel_l1(model, a: np.ndarray, b: np.ndarray) -> float:
     return float((codec.log_mel(torch.from_numpy(a)[None]) - codec.log_mel(torch.from_numpy(b)[None])).abs().mean())
 
 
-def reconstruction(model, sources: list[np.ndarray], steps: int, refine: int = 0) -> dict[str, float]:
-    """Empty-prompt inversion (DDIM, or the flow ODE; `refine` fixed-point iterations per step) to pure noise and
-    back (guidance 1) vs the codec round trip."""
+def reconstruction(model, sources: list[np.ndarray], steps: int, refines: tuple[int, ...] = (0,)) -> list[dict]:
+    """Empty-prompt inversion (DDIM, or the flow ODE; each of `refines` fixed-point iterations per step) to pure
+    noise and back (guidance 1) vs the codec round trip: one result per entry of `refines`."""
     invert, sample = ode_samplers(model)
     empty = model.encode_prompt([""], guidance=1.0)
-    latent_l1, audio_l1, codec_l1 = [], [], []
+    latent_l1, audio_l1, codec_l1 = {r: [] for r in refines}, {r: [] for r in refines}, []
     for wave in tqdm(sources, desc="inversion round trips"):
         z0 = model.encode_audio(wave)
-        z_back = sample(model, invert(model, z0, empty, steps, refine=refine), empty, steps)
-        latent_l1.append(float((z_back - z0).abs().mean()) * model.pipeline.codec.mel_std)  # in log-mel units
-        audio_l1.append(log_mel_l1(model, wave, model.decode(z_back)))
         codec_l1.append(log_mel_l1(model, wave, model.decode(z0)))
-    return {"inversion_latent_log_mel_l1": float(np.mean(latent_l1)),
-            "inversion_audio_log_mel_l1": float(np.mean(audio_l1)),
-            "codec_round_trip_log_mel_l1": float(np.mean(codec_l1)), "clips": len(sources), "steps": steps,
-            "inversion_refinements": refine}
+        for refine in refines:
+            z_back = sample(model, invert(model, z0, empty, steps, refine=refine), empty, steps)
+            latent_l1[refine].append(float((z_back - z0).abs().mean()) * model.pipeline.codec.mel_std)  # log-mel units
+            audio_l1[refine].append(log_mel_l1(model, wave, model.decode(z_back)))
+    return [{"inversion_latent_log_mel_l1": float(np.mean(latent_l1[r])),
+             "inversion_audio_log_mel_l1": float(np.mean(audio_l1[r])),
+             "codec_round_trip_log_mel_l1": float(np.mean(codec_l1)), "clips": len(sources), "steps": steps,
+             "inversion_refinements": r} for r in refines]
 
 
 def plot_confusion(truth: list[str], predicted: list[str], classes: list[str], path: Path, title: str) -> None:
@@ -166,7 +167,7 @@ def main(argv: list[str] | None = None) -> None:
                          model.sample_rate)
     round_trips = codec_round_trips(model, rendered(items))
     inversion = inversion_items(args.inversion_clips, args.seed)
-    inversion_sources = rendered(inversion)
+    plain, refined = reconstruction(model, rendered(inversion), 50, refines=(0, 1))
     ceiling = classify(classifier, round_trips, model.sample_rate)
     report = {
         "model": args.model, "clips": len(items), "steps": args.steps, "guidance": args.guidance,
@@ -176,9 +177,8 @@ def main(argv: list[str] | None = None) -> None:
         "generated_instrument_accuracy_per_class": {
             c: accuracy([p for p, t in zip(generated["instrument"], truth["instrument"]) if t == c], [c] * args.per_class)
             for c in class_lists()["instrument"]},
-        "reconstruction": reconstruction(model, inversion_sources, 50)
-        | {"instruments": [i["instrument"] for i in inversion]},
-        "reconstruction_refined": reconstruction(model, inversion_sources, 50, refine=1),
+        "reconstruction": plain | {"instruments": [i["instrument"] for i in inversion]},
+        "reconstruction_refined": refined,
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     plot_confusion(truth["instrument"], generated["instrument"], class_lists()["instrument"],
