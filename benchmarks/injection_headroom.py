@@ -39,6 +39,7 @@ from probing.hooks import AttentionHooks  # noqa: E402
 from probing.layers import layer_names  # noqa: E402
 from probing.models import load_model  # noqa: E402
 from probing.synth import render_clip  # noqa: E402
+from probing.synth.score import FORMS  # noqa: E402
 
 PAIRS = (("violin", "piano", 13), ("piano", "violin", 10), ("flute", "guitar", 11), ("organ", "marimba", 12))
 
@@ -71,8 +72,8 @@ def positive_control(tokens: int = 64, heads: int = 2, dim: int = 16) -> tuple[f
     return span(own), total_variation(own, shifted)
 
 
-def headroom(model, t_start: float, steps: int) -> dict[str, tuple[float, float]]:
-    """Per self-attention layer name: (span, TV) over the edits of PAIRS without injection."""
+def headroom(model, t_start: float, steps: int, form: str = "walk") -> dict[str, tuple[float, float]]:
+    """Per self-attention layer name: (span, TV) over the edits of PAIRS (tunes in `form`) without injection."""
     editor = Melodia(model)
     modules = editor.injected_modules("self:*")
     names = dict(zip((m.path for m in modules), layer_names(modules)))
@@ -81,7 +82,7 @@ def headroom(model, t_start: float, steps: int) -> dict[str, tuple[float, float]
     empty = model.encode_prompt([""], guidance=1.0)
     invert, sample = ode_samplers(model)
     for source, target, seed in PAIRS:
-        z0 = model.encode_audio(render_clip(source, "waltz", "calm", seed))
+        z0 = model.encode_audio(render_clip(source, "waltz", "calm", seed, form=form))
         prompt = model.encode_prompt([f"a calm waltz played on {target}"], guidance=3.5)
         with AttentionRepository() as repository:
             with record_source_qk(model, modules, repository):
@@ -104,15 +105,16 @@ def main() -> None:
     parser.add_argument("--model", action="append", help="a model name or pipeline folder (repeat; default testbed)")
     parser.add_argument("--t-start", type=float, default=0.6)
     parser.add_argument("--steps", type=int, default=25)
+    parser.add_argument("--form", choices=FORMS, default="walk", help="the source tunes' form (aaba: repeated motifs)")
     args = parser.parse_args()
     control_span, control_tv = positive_control()
     print(f"positive control (64 tokens): span {control_span:.3f} (1/N = {1 / 64:.3f}), TV {control_tv:.3f}")
     for name in args.model or ["testbed"]:
         model = load_model(name)
-        trained = headroom(model, args.t_start, args.steps)
+        trained = headroom(model, args.t_start, args.steps, args.form)
         with randomized_denoiser(model, seed=0):  # the probes' baseline: same config, fresh weights
-            random = headroom(model, args.t_start, args.steps)
-        print(f"\n{name}, t_start {args.t_start}, {len(PAIRS)} edits without injection")
+            random = headroom(model, args.t_start, args.steps, args.form)
+        print(f"\n{name}, t_start {args.t_start}, {len(PAIRS)} edits of {args.form} tunes without injection")
         print("| layer | span, trained | span, random denoiser | TV source vs own, trained | TV, random denoiser |")
         print("|---|---|---|---|---|")
         for layer in trained:

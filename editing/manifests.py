@@ -30,17 +30,18 @@ _SHA256 = re.compile(r"[0-9a-f]{64}")
 
 @dataclass(frozen=True)
 class SynthClip:
-    """A score (`score_seed`) rendered by the synthesizer with an instrument, style and mood."""
+    """A score (`score_seed`, a tune in `form`) rendered by the synthesizer with an instrument, style and mood."""
 
     instrument: str
     style: str
     mood: str
     score_seed: int
+    form: str = "walk"
 
     def render(self, sample_rate: int) -> np.ndarray:
         from probing.synth import render_clip
 
-        return render_clip(self.instrument, self.style, self.mood, self.score_seed, sr=sample_rate)
+        return render_clip(self.instrument, self.style, self.mood, self.score_seed, sr=sample_rate, form=self.form)
 
 
 @dataclass(frozen=True)
@@ -203,8 +204,9 @@ def _source(raw, where: str) -> SynthClip | AudioFile:
 
 def _synth(raw, where: str) -> SynthClip:
     from probing.synth.classes import check_class
+    from probing.synth.score import FORMS
 
-    raw = _mapping(raw, where, required=SYNTH_KEYS)
+    raw = _mapping(raw, where, required=SYNTH_KEYS, optional=("form",))
     try:
         for attribute in ("instrument", "style", "mood"):
             check_class(attribute, raw[attribute])
@@ -212,7 +214,10 @@ def _synth(raw, where: str) -> SynthClip:
         raise MelodiaError(f"{where}: {error}") from None
     if not isinstance(raw["score_seed"], int):
         raise MelodiaError(f"{where}: score_seed must be an integer, got {raw['score_seed']!r}")
-    return SynthClip(raw["instrument"], raw["style"], raw["mood"], raw["score_seed"])
+    form = raw.get("form", "walk")
+    if form not in FORMS:
+        raise MelodiaError(f"{where}: form must be one of {', '.join(FORMS)}, got {form!r}")
+    return SynthClip(raw["instrument"], raw["style"], raw["mood"], raw["score_seed"], form)
 
 
 def _check_unique(items: Sequence[EditItem], where: str) -> None:

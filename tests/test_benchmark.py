@@ -66,6 +66,16 @@ def test_the_testbed_manifest_has_ground_truth_for_64_edits():
     assert len({i.source.instrument for i in manifest.items[:16]}) == 16  # --limit 16 meets every instrument
 
 
+def test_a_synth_source_renders_the_tune_form_it_names(tmp_path):
+    manifest = tmp_path / "forms.yaml"
+    clip = "{instrument: piano, style: staccato, mood: happy, score_seed: 1"
+    manifest.write_text(f"name: forms\nitems: [{{id: a, category: timbre, target_prompt: v, source: {clip}}}}}, "
+                        f"{{id: b, category: timbre, target_prompt: v, source: {clip}, form: aaba}}}}]")
+    walk, aaba = load_manifest(manifest).items
+    assert (walk.source.form, aaba.source.form) == ("walk", "aaba")
+    assert not np.array_equal(walk.source.render(16000), aaba.source.render(16000))
+
+
 def test_file_manifests_point_at_user_data_without_invented_checksums():
     for name, count in (("musicdelta", 105), ("melodiaedit", 24)):
         manifest = load_manifest(name)
@@ -91,6 +101,8 @@ ITEM = "{id: a, category: timbre, target_prompt: violin, source: {instrument: pi
     ("name: x\nitems: [{id: a, category: mood, target_prompt: v, source: {file: a.wav}}]", "need 'download'"),
     ("name: x\nitems: [{id: a, category: mood, target_prompt: v, colour: red, source: {file: a.wav}}]",
      "unknown key colour"),
+    ("name: x\nitems: [{id: a, category: mood, target_prompt: v, source: {instrument: piano, style: waltz, "
+     "mood: sad, score_seed: 1, form: rondo}}]", "form must be one of walk, aaba"),
     ("name: [unclosed", "not valid YAML")])
 def test_a_bad_manifest_is_refused_in_one_line(capsys, tmp_path, text, needle):
     manifest = tmp_path / "bad.yaml"

@@ -73,6 +73,19 @@ def test_melody_degrees_depend_only_on_score_seed():
     assert len(set(tunes)) == 10
 
 
+def test_the_aaba_form_repeats_two_note_motifs_of_the_same_tune_in_every_arrangement():
+    walk = make_score(4, "staccato", "energetic").melody_degrees()
+    for style, mood in (("staccato", "energetic"), ("swing", "sad"), ("syncopated", "happy")):
+        tune = [n.pitch for n in make_score(4, style, mood, form="aaba").melody()]
+        degrees = make_score(4, style, mood, form="aaba").melody_degrees()
+        assert len(tune) >= 8
+        assert tune[0:2] == tune[2:4] == tune[6:8] and tune[4:6] != tune[0:2]  # A A B A
+        assert degrees[:6] == walk[:2] * 2 + walk[2:4]  # motifs taken from the walk, in order
+    assert make_score(4, "staccato", "energetic", form="aaba").form == "aaba"
+    with pytest.raises(ValueError, match="unknown tune form 'rondo'"):
+        make_score(4, "staccato", "energetic", form="rondo")
+
+
 def test_styles_change_rhythm_and_texture():
     scores = {style: make_score(8, style, "happy") for style in STYLES}
     assert scores["waltz"].meter == 3 and scores["march"].meter == 4

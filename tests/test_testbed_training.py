@@ -9,7 +9,7 @@ from probing.models.testbed import TestbedModel
 from probing.testbed.codec import MelCodec
 from probing.testbed.data import TestbedData, caption_vocabulary, render_dataset
 from probing.testbed.pipeline import TestbedPipeline
-from probing.testbed.train import Trainer
+from probing.testbed.train import Trainer, main
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,16 @@ def test_dataset_labels_and_normalisation(data, tmp_path):
     data.save(tmp_path / "d.npz")
     again = TestbedData.load(tmp_path / "d.npz")
     assert np.array_equal(again.mels, data.mels) and again.mel_std == data.mel_std
+
+
+def test_a_dataset_of_aaba_tunes_keeps_given_normalisation_and_its_form(data, tmp_path):
+    aaba = render_dataset(n_clips=6, seed=0, workers=1, form="aaba", stats=(data.mel_mean, data.mel_std))
+    assert (aaba.mel_mean, aaba.mel_std, aaba.form) == (data.mel_mean, data.mel_std, "aaba")
+    assert np.array_equal(aaba.labels, data.labels) and not np.array_equal(aaba.mels, data.mels)
+    aaba.save(tmp_path / "data.npz")
+    assert TestbedData.load(tmp_path / "data.npz").form == "aaba"
+    with pytest.raises(SystemExit, match="holds 'aaba' tunes, not 'walk'"):  # a run never mixes forms
+        main(["--run", str(tmp_path), "--threads", "1"])
 
 
 def test_training_resumes_exactly_and_exports_a_loadable_pipeline(data, tmp_path):

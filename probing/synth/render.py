@@ -56,12 +56,12 @@ def render(score: Score, instrument: str, sr: int = SAMPLE_RATE, seed: int = 0) 
 
 
 def render_clip(instrument: str, style: str, mood: str, score_seed: int, sr: int = SAMPLE_RATE,
-                seconds: float = CLIP_SECONDS) -> np.ndarray:
-    """One dataset clip: tune `score_seed` arranged in `style` and `mood`, played on `instrument`.
+                seconds: float = CLIP_SECONDS, form: str = "walk") -> np.ndarray:
+    """One dataset clip: tune `score_seed` (in `form`) arranged in `style` and `mood`, played on `instrument`.
 
     Examples:
         >>> render_clip("harp", "arpeggio", "dreamy", score_seed=7).shape
         (65536,)
     """
     check_class("instrument", instrument)
-    return render(make_score(score_seed, style, mood, seconds), instrument, sr, seed=score_seed)
+    return render(make_score(score_seed, style, mood, seconds, form), instrument, sr, seed=score_seed)

@@ -3,6 +3,9 @@
 The melody is a walk over scale degrees drawn only from `score_seed` (never two equal degrees
 in a row); the style sets rhythm, articulation, metre and accompaniment; the mood sets mode,
 tempo, register and dynamics. So one `score_seed` is one tune, arrangeable every which way.
+The tune's `form` says whether it repeats itself: "walk" never does (the v1/v2 testbeds' data);
+"aaba" builds it from two-note motifs in the pattern A A B A, C C D C, ..., so a clip holds exact
+repeats of what it played a moment ago, as music does (and a denoiser gains from copying them).
 
 Examples:
     >>> score = make_score(3, "waltz", "sad")
@@ -23,6 +26,8 @@ CLIP_SECONDS = 4.096  # 65536 samples at 16 kHz
 
 IONIAN = (0, 2, 4, 5, 7, 9, 11)
 AEOLIAN = (0, 2, 3, 5, 7, 8, 10)
+FORMS = ("walk", "aaba")
+MOTIF_NOTES = 2  # notes per motif of the "aaba" form: short enough to repeat within 4 s at every tempo
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class Score:
     score_seed: int
     tonic: int = 60
     mode: tuple[int, ...] = IONIAN
+    form: str = "walk"
 
     def melody(self) -> tuple[Note, ...]:
         """The melody notes in onset order (tremolo re-strikes included)."""
@@ -123,13 +129,29 @@ def pitch_to_degree(pitch: int, tonic: int, mode: tuple[int, ...]) -> int:
     return octave * len(mode) + mode.index(semitone)
 
 
-def melody_degrees(score_seed: int, count: int) -> list[int]:
-    """The first `count` melody degrees of a tune: a bounded walk, never repeating a degree.
+def melody_degrees(score_seed: int, count: int, form: str = "walk") -> list[int]:
+    """The first `count` melody degrees of a tune in `form` (see `FORMS`).
+
+    "walk": a bounded walk, never repeating a degree. "aaba": consecutive two-note stretches of that
+    walk as motifs A, B, C, D, ... played A A B A C C D C ... (a motif may end on the next one's
+    first degree: a repeated note).
 
     Examples:
         >>> melody_degrees(0, 8) == melody_degrees(0, 20)[:8]
         True
+        >>> a_b = melody_degrees(0, 4); melody_degrees(0, 8, "aaba") == a_b[:2] * 2 + a_b[2:] + a_b[:2]
+        True
     """
+    if form not in FORMS:
+        raise ValueError(f"unknown tune form {form!r}; choose one of {', '.join(FORMS)}")
+    if form == "aaba":
+        sections = ceil(count / (4 * MOTIF_NOTES))
+        walk = melody_degrees(score_seed, 2 * MOTIF_NOTES * sections)
+        out = []
+        for start in range(0, len(walk), 2 * MOTIF_NOTES):
+            a, b = walk[start:start + MOTIF_NOTES], walk[start + MOTIF_NOTES:start + 2 * MOTIF_NOTES]
+            out += a + a + b + a
+        return out[:count]
     rng = np.random.default_rng([score_seed, 0])
     steps = np.array([-3, -2, -1, 1, 2, 3, 4, -4])
     weights = np.array([0.08, 0.2, 0.22, 0.22, 0.16, 0.06, 0.03, 0.03])
@@ -143,8 +165,9 @@ def melody_degrees(score_seed: int, count: int) -> list[int]:
     return degrees[:count]
 
 
-def make_score(score_seed: int, style: str, mood: str, seconds: float = CLIP_SECONDS) -> Score:
-    """Arrange tune `score_seed` in a style and mood, `seconds` long.
+def make_score(score_seed: int, style: str, mood: str, seconds: float = CLIP_SECONDS,
+               form: str = "walk") -> Score:
+    """Arrange tune `score_seed` (in `form`, see `FORMS`) in a style and mood, `seconds` long.
 
     Examples:
         >>> score = make_score(0, "chorale", "dark")
@@ -169,7 +192,7 @@ def make_score(score_seed: int, style: str, mood: str, seconds: float = CLIP_SEC
                     round(beats * beat, 6), float(np.clip(loud, 0.05, 1.0)), part)
 
     total_beats = seconds / beat
-    melody = _melody(score_seed, style_spec, total_beats)
+    melody = _melody(score_seed, style_spec, total_beats, form)
     notes = []
     for degree, start, length in melody:
         accent = _accent(start, style_spec)
@@ -186,14 +209,14 @@ def make_score(score_seed: int, style: str, mood: str, seconds: float = CLIP_SEC
     notes = [n for n in notes if n.onset < seconds]
     notes.sort(key=lambda n: (n.onset, n.part != "melody", n.pitch))
     return Score(tuple(notes), float(seconds), tempo, style_spec.meter, style, mood,
-                 int(score_seed), tonic, mood_spec.mode)
+                 int(score_seed), tonic, mood_spec.mode, form)
 
 
-def _melody(score_seed: int, style: _Style, total_beats: float) -> list[tuple[int, float, float]]:
+def _melody(score_seed: int, style: _Style, total_beats: float, form: str) -> list[tuple[int, float, float]]:
     """(degree, start beat, length in beats) of each melody note up to `total_beats`."""
     count = ceil(total_beats / min(style.rhythm)) + 1
     events, start = [], 0.0
-    for index, degree in enumerate(melody_degrees(score_seed, count)):
+    for index, degree in enumerate(melody_degrees(score_seed, count, form)):
         if start >= total_beats:
             break
         length = style.rhythm[index % len(style.rhythm)]

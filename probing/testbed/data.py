@@ -35,11 +35,12 @@ class TestbedData:
     score_seeds: np.ndarray  # (N,)
     mel_mean: float
     mel_std: float
+    form: str = "walk"  # the tunes' form (probing.synth.score.FORMS)
 
     def save(self, path: Path) -> None:
         tmp = path.with_suffix(".tmp.npz")
         np.savez(tmp, mels=self.mels, labels=self.labels, score_seeds=self.score_seeds,
-                 mel_stats=np.array([self.mel_mean, self.mel_std]))
+                 mel_stats=np.array([self.mel_mean, self.mel_std]), form=np.array(self.form))
         tmp.replace(path)
 
     @classmethod
@@ -49,7 +50,8 @@ class TestbedData:
             if "mels" not in f:
                 raise SystemExit(f"{path} is a training set of the v1 trainer (folded latents); render a new one "
                                  "(delete it, or use a new --run folder)")
-            return cls(f["mels"], f["labels"], f["score_seeds"], float(mean), float(std))
+            form = str(f["form"]) if "form" in f else "walk"  # sets rendered before forms existed
+            return cls(f["mels"], f["labels"], f["score_seeds"], float(mean), float(std), form)
 
     def latents(self, codec: MelCodec, index: np.ndarray | list[int]) -> torch.Tensor:
         """The clips at `index` as float32 latents in `codec`'s fold."""
@@ -72,21 +74,27 @@ def caption_vocabulary(draws: int = 3, seed: int = 0) -> list[str]:
     return sorted(words)
 
 
-def _render_log_mel(job: tuple[str, str, str, int]) -> np.ndarray:
-    wave = render_clip(*job)
+def _render_log_mel(job: tuple[str, str, str, int, str]) -> np.ndarray:
+    instrument, style, mood, score_seed, form = job
+    wave = render_clip(instrument, style, mood, score_seed, form=form)
     return MelCodec().log_mel(torch.from_numpy(wave).unsqueeze(0))[0].numpy()
 
 
-def render_dataset(n_clips: int, seed: int = 0, workers: int = 1) -> TestbedData:
-    """Render `n_clips` random (instrument, style, mood, score seed) clips and encode them."""
+def render_dataset(n_clips: int, seed: int = 0, workers: int = 1, form: str = "walk",
+                   stats: tuple[float, float] | None = None) -> TestbedData:
+    """Render `n_clips` random (instrument, style, mood, score seed) clips of tunes in `form` and encode them.
+
+    The log-mels are normalised with their own mean and std, or with `stats` (mean, std), e.g. those
+    of a model being trained on (its codec must keep normalising as it learned to).
+    """
     rng = np.random.default_rng(seed)
     classes = class_lists()
     labels = np.stack([rng.integers(0, len(classes[a]), n_clips) for a in ATTRIBUTES], axis=1)
     score_seeds = rng.integers(0, 2**31 - 1, n_clips)
-    jobs = [(classes["instrument"][i], classes["style"][s], classes["mood"][m], int(k))
+    jobs = [(classes["instrument"][i], classes["style"][s], classes["mood"][m], int(k), form)
             for (i, s, m), k in zip(labels, score_seeds)]
     with Pool(workers) as pool:
         log_mels = np.stack(list(tqdm(pool.imap(_render_log_mel, jobs, chunksize=16), total=n_clips,
                                       desc="rendering clips")))
-    mean, std = float(log_mels.mean()), float(log_mels.std())
-    return TestbedData(((log_mels - mean) / std).astype(np.float16), labels, score_seeds, mean, std)
+    mean, std = stats if stats is not None else (float(log_mels.mean()), float(log_mels.std()))
+    return TestbedData(((log_mels - mean) / std).astype(np.float16), labels, score_seeds, mean, std, form)

@@ -32,6 +32,7 @@ from safetensors.torch import load_model, save_model
 from tqdm import tqdm
 
 from probing.synth import caption, class_lists, templates
+from probing.synth.score import FORMS
 from probing.testbed.build import UNET_CODEC, build_untrained
 from probing.testbed.codec import MelCodec
 from probing.testbed.data import ATTRIBUTES, TestbedData, caption_vocabulary, render_dataset
@@ -173,8 +174,8 @@ class Trainer:
         if source.tokenizer.get_vocab() != self.pipe.tokenizer.get_vocab():
             raise SystemExit(f"{folder} has another caption vocabulary than this run")
         if abs(source.codec.mel_mean - self.data.mel_mean) > 1e-3 or abs(source.codec.mel_std - self.data.mel_std) > 1e-3:
-            raise SystemExit(f"{folder} normalises log-mels differently from this run's data (render it with the "
-                             "same --clips and --seed)")
+            raise SystemExit(f"{folder} normalises log-mels differently from this run's data.npz (rendered before "
+                             "--init-from was given; a new --run folder renders its data with the weights' normalisation)")
         skipped = []
         for name, module in self.modules.items():
             state = getattr(source, name).state_dict()
@@ -205,6 +206,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/testbed"), help="checkpoint/log folder")
     parser.add_argument("--out", type=Path, default=None, help="export the trained pipeline here when done")
     parser.add_argument("--clips", type=int, default=6000, help="training clips to render")
+    parser.add_argument("--form", choices=FORMS, default="walk",
+                        help="the tunes' form: walk (never repeats; v1/v2) or aaba (two-note motifs, A A B A)")
     parser.add_argument("--minutes", type=float, default=85.0, help="stop after this much training time")
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=32)
@@ -227,8 +230,14 @@ def main(argv: list[str] | None = None) -> None:
     data_path = args.run / "data.npz"
     if data_path.exists():
         data = TestbedData.load(data_path)
+        if data.form != args.form:
+            raise SystemExit(f"{data_path} holds {data.form!r} tunes, not {args.form!r}; use a new --run folder")
     else:
-        data = render_dataset(args.clips, seed=args.seed, workers=args.threads)
+        stats = None
+        if args.init_from is not None:  # keep normalising as the weights learned to
+            codec = ARCHITECTURES[args.arch][1].from_pretrained(args.init_from).codec
+            stats = (codec.mel_mean, codec.mel_std)
+        data = render_dataset(args.clips, seed=args.seed, workers=args.threads, form=args.form, stats=stats)
         data.save(data_path)
     trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed, args.arch,
                       args.decay_steps)
