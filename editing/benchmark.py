@@ -114,8 +114,10 @@ def method_conditions(methods: Sequence[str], layers: str = "auto") -> list[Cond
     return [Condition(m, m, layers if m == "melodia" else "none") for m in methods]
 
 
-def parse_bands(text: str) -> list[str]:
+def parse_bands(text: str, auto_available: bool = True) -> list[str]:
     """`--bands` ("none, all") -> the ablation's band names, checked before any model loads.
+
+    `auto_available`: whether a profile gives the `auto` band (without one, naming it is refused).
 
     >>> parse_bands("none, all")
     ['none', 'all']
@@ -124,18 +126,20 @@ def parse_bands(text: str) -> list[str]:
     known = [name for name, _ in ABLATION_LAYERS] + ["auto"]
     if not all(bands) or any(b not in known for b in bands) or len(set(bands)) < len(bands):
         raise MelodiaError(f"--bands takes distinct names from {', '.join(known)}; got {text!r}")
+    if "auto" in bands and not auto_available:
+        raise MelodiaError("--bands auto needs --profile (from `melodia probe`)")
     return bands
 
 
 def ablation_conditions(auto_spec: str | None = None, bands: Sequence[str] | None = None) -> list[Condition]:
     """The paper's layer ablation with melodia (none, all, 6-16, 8-14, 10-12), plus `auto` when a spec is given.
 
-    `bands` (from `parse_bands`) keeps only these, in the ablation's order (("none", "all"): the positive control).
+    `bands` (names as `parse_bands` checks them) keeps only these, in the ablation's order (("none", "all"):
+    the positive control).
     """
     rows = [*ABLATION_LAYERS, *([("auto", auto_spec)] if auto_spec else [])]
     if bands is not None:
-        if "auto" in bands and not auto_spec:
-            raise MelodiaError("--bands auto needs --profile (from `melodia probe`)")
+        bands = parse_bands(",".join(bands), auto_available=bool(auto_spec))
         rows = [row for row in rows if row[0] in bands]
     return [Condition(name, "melodia", spec) for name, spec in rows]
 

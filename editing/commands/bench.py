@@ -138,23 +138,20 @@ def _check_options(args) -> None:
 
         if not args.ablation:
             raise MelodiaError("--bands picks bands of the layer ablation: add --ablation layers")
-        bands = parse_bands(args.bands)
-        if "auto" in bands and not args.profile:
-            raise MelodiaError("--bands auto needs --profile (from `melodia probe`)")
-        if "none" not in bands:
+        args.bands = parse_bands(args.bands, auto_available=bool(args.profile))  # the checked list from here on
+        if "none" not in args.bands:
             print("melodia bench: without the 'none' band the summary has no paired differences to no injection",
                   file=sys.stderr)
 
 
 def _conditions(args, editor) -> list:
     """The compared columns: the methods, or the layer ablation ("auto" only with a profile)."""
-    from editing.benchmark import ablation_conditions, method_conditions, parse_bands
+    from editing.benchmark import ablation_conditions, method_conditions
 
     if args.ablation:
-        bands = parse_bands(args.bands) if args.bands is not None else None
-        if editor.profile is None and bands is None:
+        if editor.profile is None and args.bands is None:
             print("melodia bench: the 'auto' row is skipped: give --profile (from `melodia probe`)", file=sys.stderr)
-        return ablation_conditions(editor.auto_layers() if editor.profile else None, bands)
+        return ablation_conditions(editor.auto_layers() if editor.profile else None, args.bands)
     from editing.methods import METHODS_BY_PREDICTION
     from probing.errors import MelodiaError
 
