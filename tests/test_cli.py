@@ -119,6 +119,11 @@ def test_synth_writes_the_same_melody_for_two_instruments(capsys, tmp_path):
     code, _, err = run(capsys, "synth", "--instrument", "kazoo", "-o", str(tmp_path / "k.wav"))
     assert_one_line_error(code, err, "kazoo", "piano")
     assert not (tmp_path / "k.wav").exists()
+    code, out, _ = run(capsys, "synth", "--seed", "3", "--form", "aaba", "-o", str(tmp_path / "a.wav"))
+    assert code == 0 and "aaba tune" in out and abs(sf.read(tmp_path / "a.wav")[0] - piano).max() > 0.05
+    code, _, err = run(capsys, "synth", "--form", "rondo", "-o", str(tmp_path / "r.wav"))
+    assert_one_line_error(code, err, "rondo", "walk, aaba")
+    assert not (tmp_path / "r.wav").exists()
 
 
 def test_layers_prints_the_reference_audioldm2_table(capsys):

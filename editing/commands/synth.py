@@ -8,6 +8,7 @@ HELP = """Render one synthetic clip: a melody (from --score-seed) played with an
 examples:
   melodia synth --instrument piano --style waltz --mood happy --seed 3 -o src.wav
   melodia synth --instrument violin --style waltz --mood happy --seed 3 -o ideal.wav   # same melody, violin
+  melodia synth --style staccato --form aaba -o motifs.wav          # a tune of repeated two-note motifs
   melodia synth --list --json                                                        # the class lists
 """
 
@@ -19,6 +20,8 @@ def add_parser(sub) -> None:
     parser.add_argument("--mood", default="happy")
     parser.add_argument("--seed", type=int, default=0, help="render seed (and the melody, unless --score-seed)")
     parser.add_argument("--score-seed", type=int, default=None, help="melody seed: hold it to keep the melody")
+    parser.add_argument("--form", default="walk", help="the tune's form: walk (never repeats itself) or aaba "
+                        "(two-note motifs played A A B A, C C D C, ...)")
     parser.add_argument("-o", "--output", help="output .wav")
     parser.add_argument("--list", action="store_true", help="print the instrument/style/mood classes")
     parser.add_argument("--json", action="store_true", help="with --list: JSON output")
@@ -43,10 +46,11 @@ def run(args) -> None:
     from editing.audio import write_wav
 
     try:
-        score = make_score(args.seed if args.score_seed is None else args.score_seed, args.style, args.mood)
+        score = make_score(args.seed if args.score_seed is None else args.score_seed, args.style, args.mood,
+                           form=args.form)
         wave = render(score, args.instrument, seed=args.seed)
     except ValueError as error:
         raise MelodiaError(str(error)) from None
     write_wav(args.output, wave, SAMPLE_RATE)
     print(f"wrote {args.output} ({len(wave) / SAMPLE_RATE:.2f} s, {args.instrument}, {args.style}, {args.mood}, "
-          f"{len(score.notes)} notes)")
+          f"{len(score.notes)} notes, {score.form} tune)")
