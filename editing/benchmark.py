@@ -115,20 +115,22 @@ def method_conditions(methods: Sequence[str], layers: str = "auto") -> list[Cond
 
 
 def parse_bands(text: str, auto_available: bool = True) -> list[str]:
-    """`--bands` ("none, all") -> the ablation's band names, checked before any model loads.
-
-    `auto_available`: whether a profile gives the `auto` band (without one, naming it is refused).
+    """`--bands` ("none, all") -> the ablation's band names, checked (`check_bands`) before any model loads.
 
     >>> parse_bands("none, all")
     ['none', 'all']
     """
-    bands = [b.strip() for b in text.split(",")]
+    return check_bands([b.strip() for b in text.split(",")], auto_available)
+
+
+def check_bands(bands: Sequence[str], auto_available: bool) -> list[str]:
+    """`bands` as a list, if they are distinct names of the ablation (`auto` only where a profile gives it)."""
     known = [name for name, _ in ABLATION_LAYERS] + ["auto"]
-    if not all(bands) or any(b not in known for b in bands) or len(set(bands)) < len(bands):
-        raise MelodiaError(f"--bands takes distinct names from {', '.join(known)}; got {text!r}")
+    if isinstance(bands, str) or not all(bands) or any(b not in known for b in bands) or len(set(bands)) < len(bands):
+        raise MelodiaError(f"--bands takes distinct names from {', '.join(known)}; got {bands if isinstance(bands, str) else ','.join(bands)!r}")
     if "auto" in bands and not auto_available:
         raise MelodiaError("--bands auto needs --profile (from `melodia probe`)")
-    return bands
+    return list(bands)
 
 
 def ablation_conditions(auto_spec: str | None = None, bands: Sequence[str] | None = None) -> list[Condition]:
@@ -139,7 +141,7 @@ def ablation_conditions(auto_spec: str | None = None, bands: Sequence[str] | Non
     """
     rows = [*ABLATION_LAYERS, *([("auto", auto_spec)] if auto_spec else [])]
     if bands is not None:
-        bands = parse_bands(",".join(bands), auto_available=bool(auto_spec))
+        bands = check_bands(bands, auto_available=bool(auto_spec))
         rows = [row for row in rows if row[0] in bands]
     return [Condition(name, "melodia", spec) for name, spec in rows]
 

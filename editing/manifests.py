@@ -185,7 +185,8 @@ def _item(raw, where: str) -> EditItem:
     if not prompt.strip() or "\n" in prompt:
         raise MelodiaError(f"{where}: target_prompt must be one non-empty line")
     source = _source(raw["source"], f"{where}: source")
-    ideal = None if raw.get("ideal") is None else _synth(raw["ideal"], f"{where}: ideal")
+    form = source.form if isinstance(source, SynthClip) else "walk"  # an ideal plays its source's tune
+    ideal = None if raw.get("ideal") is None else _synth(raw["ideal"], f"{where}: ideal", form)
     return EditItem(str(raw["id"]), raw["category"], prompt, source, ideal)
 
 
@@ -202,7 +203,7 @@ def _source(raw, where: str) -> SynthClip | AudioFile:
     return _synth(raw, where)
 
 
-def _synth(raw, where: str) -> SynthClip:
+def _synth(raw, where: str, default_form: str = "walk") -> SynthClip:
     from probing.synth.classes import check_class
     from probing.synth.score import FORMS
 
@@ -214,7 +215,7 @@ def _synth(raw, where: str) -> SynthClip:
         raise MelodiaError(f"{where}: {error}") from None
     if not isinstance(raw["score_seed"], int):
         raise MelodiaError(f"{where}: score_seed must be an integer, got {raw['score_seed']!r}")
-    form = raw.get("form", "walk")
+    form = raw.get("form") or default_form
     if form not in FORMS:
         raise MelodiaError(f"{where}: form must be one of {', '.join(FORMS)}, got {form!r}")
     return SynthClip(raw["instrument"], raw["style"], raw["mood"], raw["score_seed"], form)

@@ -70,9 +70,10 @@ def test_a_synth_source_renders_the_tune_form_it_names(tmp_path):
     manifest = tmp_path / "forms.yaml"
     clip = "{instrument: piano, style: staccato, mood: happy, score_seed: 1"
     manifest.write_text(f"name: forms\nitems: [{{id: a, category: timbre, target_prompt: v, source: {clip}}}}}, "
-                        f"{{id: b, category: timbre, target_prompt: v, source: {clip}, form: aaba}}}}]")
+                        f"{{id: b, category: timbre, target_prompt: v, source: {clip}, form: aaba}}, "
+                        f"ideal: {clip}}}}}]")
     walk, aaba = load_manifest(manifest).items
-    assert (walk.source.form, aaba.source.form) == ("walk", "aaba")
+    assert (walk.source.form, aaba.source.form, aaba.ideal.form) == ("walk", "aaba", "aaba")  # the source's tune
     assert not np.array_equal(walk.source.render(16000), aaba.source.render(16000))
 
 
@@ -269,6 +270,9 @@ def test_bands_keep_only_the_named_bands_of_the_ablation(capsys, tmp_path, untra
             parse_bands(text)
     with pytest.raises(MelodiaError, match="needs --profile"):
         ablation_conditions(None, ["auto"])
+    for bands in (["nine"], "none,all"):  # API callers too: an unknown name, a string for a list
+        with pytest.raises(MelodiaError, match="distinct names"):
+            ablation_conditions(None, bands)
     import probing.models
 
     monkeypatch.setattr(probing.models, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))

@@ -74,14 +74,20 @@ def test_melody_degrees_depend_only_on_score_seed():
 
 
 def test_the_aaba_form_repeats_two_note_motifs_of_the_same_tune_in_every_arrangement():
-    walk = make_score(4, "staccato", "energetic").melody_degrees()
-    for style, mood in (("staccato", "energetic"), ("swing", "sad"), ("syncopated", "happy")):
-        tune = [n.pitch for n in make_score(4, style, mood, form="aaba").melody()]
-        degrees = make_score(4, style, mood, form="aaba").melody_degrees()
-        assert len(tune) >= 8
-        assert tune[0:2] == tune[2:4] == tune[6:8] and tune[4:6] != tune[0:2]  # A A B A
-        assert degrees[:6] == walk[:2] * 2 + walk[2:4]  # motifs taken from the walk, in order
-    assert make_score(4, "staccato", "energetic", form="aaba").form == "aaba"
+    from probing.synth.score import melody_degrees
+
+    walk = melody_degrees(4, 64)
+    for style, mood in (("staccato", "energetic"), ("swing", "sad"), ("syncopated", "happy"), ("tremolo", "happy")):
+        score = make_score(4, style, mood, form="aaba")
+        degrees = score.melody_degrees()
+        assert len(degrees) >= 6
+        assert degrees == melody_degrees(4, len(degrees), "aaba")  # every note, repeated notes included
+        assert degrees[0:2] == degrees[2:4] == walk[0:2] and degrees[4:6] == walk[2:4]  # A A B, from the walk
+        assert degrees[6:8] in ([], walk[0:2][:len(degrees) - 6])  # ... A
+    sections = melody_degrees(4, 64, "aaba")
+    for k in range(0, 64, 8):
+        a, b = walk[k // 2:k // 2 + 2], walk[k // 2 + 2:k // 2 + 4]
+        assert sections[k:k + 8] == a + a + b + a
     with pytest.raises(ValueError, match="unknown tune form 'rondo'"):
         make_score(4, "staccato", "energetic", form="rondo")
 

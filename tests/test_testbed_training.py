@@ -77,7 +77,12 @@ def test_a_dataset_of_aaba_tunes_keeps_given_normalisation_and_its_form(data, tm
     aaba.save(tmp_path / "data.npz")
     assert TestbedData.load(tmp_path / "data.npz").form == "aaba"
     with pytest.raises(SystemExit, match="holds 'aaba' tunes, not 'walk'"):  # a run never mixes forms
-        main(["--run", str(tmp_path), "--threads", "1"])
+        main(["--run", str(tmp_path), "--form", "walk", "--max-steps", "0", "--threads", "1"])
+    walk_run = Trainer(tmp_path / "walk", data, caption_vocabulary(draws=1), lr=1e-3, batch=2, seed=0)
+    walk_run.train_step()
+    walk_run.checkpoint()
+    with pytest.raises(SystemExit, match="trained on 'walk' tunes"):
+        Trainer(tmp_path / "walk", aaba, caption_vocabulary(draws=1), lr=1e-3, batch=2, seed=0).resume()
 
 
 def test_training_resumes_exactly_and_exports_a_loadable_pipeline(data, tmp_path):

@@ -4,8 +4,10 @@ The melody is a walk over scale degrees drawn only from `score_seed` (never two 
 in a row); the style sets rhythm, articulation, metre and accompaniment; the mood sets mode,
 tempo, register and dynamics. So one `score_seed` is one tune, arrangeable every which way.
 The tune's `form` says whether it repeats itself: "walk" never does (the v1/v2 testbeds' data);
-"aaba" builds it from two-note motifs in the pattern A A B A, C C D C, ..., so a clip holds exact
-repeats of what it played a moment ago, as music does (and a denoiser gains from copying them).
+"aaba" builds it from two-note motifs in the pattern A A B A, C C D C, ..., so a clip repeats the
+pitches it played a moment ago, as music does (the rhythm repeats with them where the style's
+rhythm cycle is one or two notes long: staccato, swing, waltz, arpeggio, chorale, lullaby). Slow
+arrangements hold few notes in 4 s: about one clip in seven has fewer than four, so no full repeat.
 
 Examples:
     >>> score = make_score(3, "waltz", "sad")
@@ -27,7 +29,7 @@ CLIP_SECONDS = 4.096  # 65536 samples at 16 kHz
 IONIAN = (0, 2, 4, 5, 7, 9, 11)
 AEOLIAN = (0, 2, 3, 5, 7, 8, 10)
 FORMS = ("walk", "aaba")
-MOTIF_NOTES = 2  # notes per motif of the "aaba" form: short enough to repeat within 4 s at every tempo
+MOTIF_NOTES = 2  # notes per motif of the "aaba" form: the shortest motif, so most clips hold a repeat
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Note:
     duration: float
     velocity: float
     part: str = "melody"  # "melody" or "accompaniment"
+    restrike: bool = False  # a tremolo stroke after a melody note's first
 
 
 @dataclass(frozen=True)
@@ -61,10 +64,8 @@ class Score:
         return tuple(note for note in self.notes if note.part == "melody")
 
     def melody_degrees(self) -> list[int]:
-        """Scale degrees of the melody, re-strikes merged: identical for every style and mood."""
-        pitches = [note.pitch for note in self.melody()]
-        distinct = [p for i, p in enumerate(pitches) if i == 0 or p != pitches[i - 1]]
-        return [pitch_to_degree(p, self.tonic, self.mode) for p in distinct]
+        """Scale degrees of the melody's notes (tremolo re-strikes not counted): identical for every style and mood."""
+        return [pitch_to_degree(note.pitch, self.tonic, self.mode) for note in self.melody() if not note.restrike]
 
 
 @dataclass(frozen=True)
@@ -186,10 +187,10 @@ def make_score(score_seed: int, style: str, mood: str, seconds: float = CLIP_SEC
     velocity = mood_spec.velocity * style_spec.velocity_factor
     jitter = np.random.default_rng([score_seed, 2])
 
-    def note(degree: int, start_beat: float, beats: float, level: float, part: str) -> Note:
+    def note(degree: int, start_beat: float, beats: float, level: float, part: str, restrike: bool = False) -> Note:
         loud = level * velocity * (1.0 + 0.06 * float(jitter.standard_normal()))
         return Note(degree_to_pitch(degree, tonic, mood_spec.mode), round(start_beat * beat, 6),
-                    round(beats * beat, 6), float(np.clip(loud, 0.05, 1.0)), part)
+                    round(beats * beat, 6), float(np.clip(loud, 0.05, 1.0)), part, restrike)
 
     total_beats = seconds / beat
     melody = _melody(score_seed, style_spec, total_beats, form)
@@ -200,7 +201,7 @@ def make_score(score_seed: int, style: str, mood: str, seconds: float = CLIP_SEC
             strokes = max(1, round(length * beat / _TREMOLO_STROKE_SECONDS))
             for k in range(strokes):
                 notes.append(note(degree, start + k * length / strokes, 0.8 * length / strokes,
-                                  accent * (0.85 + 0.15 * (k == 0)), "melody"))
+                                  accent * (0.85 + 0.15 * (k == 0)), "melody", restrike=k > 0))
         else:
             notes.append(note(degree, start, length * style_spec.articulation, accent, "melody"))
     for degree, start, length in _accompaniment(style_spec, progression, melody, total_beats):

@@ -141,7 +141,8 @@ class Trainer:
             save_model(module, tmp / f"{name}.safetensors")
             save_model(self.ema[name], tmp / f"ema_{name}.safetensors")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        state = {"step": self.step, "words": self.words, "arch": self.arch, "rng": self.rng.bit_generator.state}
+        state = {"step": self.step, "words": self.words, "arch": self.arch, "form": self.data.form,
+                 "rng": self.rng.bit_generator.state}
         (tmp / "state.json").write_text(json.dumps(state))
         final = self.run / "checkpoint"
         shutil.rmtree(final, ignore_errors=True)
@@ -156,6 +157,9 @@ class Trainer:
             raise SystemExit(f"{folder} is a checkpoint of the {state.get('arch', 'unet')} testbed, not {self.arch}")
         if state["words"] != self.words:
             raise SystemExit(f"{folder} was trained on another caption vocabulary; use a new --run folder")
+        if state.get("form", self.data.form) != self.data.form:  # checkpoints before forms name none
+            raise SystemExit(f"{folder} was trained on {state['form']!r} tunes, this run's data.npz holds "
+                             f"{self.data.form!r}; use a new --run folder")
         for name, module in self.modules.items():
             load_model(module, folder / f"{name}.safetensors")
             load_model(self.ema[name], folder / f"ema_{name}.safetensors")
@@ -173,9 +177,11 @@ class Trainer:
         source = self.pipeline_class.from_pretrained(folder)
         if source.tokenizer.get_vocab() != self.pipe.tokenizer.get_vocab():
             raise SystemExit(f"{folder} has another caption vocabulary than this run")
-        if abs(source.codec.mel_mean - self.data.mel_mean) > 1e-3 or abs(source.codec.mel_std - self.data.mel_std) > 1e-3:
-            raise SystemExit(f"{folder} normalises log-mels differently from this run's data.npz (rendered before "
-                             "--init-from was given; a new --run folder renders its data with the weights' normalisation)")
+        theirs, ours = (source.codec.mel_mean, source.codec.mel_std), (self.data.mel_mean, self.data.mel_std)
+        if abs(theirs[0] - ours[0]) > 1e-3 or abs(theirs[1] - ours[1]) > 1e-3:
+            raise SystemExit(f"{folder} normalises log-mels with mean, std {theirs[0]:.4f}, {theirs[1]:.4f}, this run's "
+                             f"data.npz with {ours[0]:.4f}, {ours[1]:.4f}; a new --run folder renders its data with "
+                             "the weights' normalisation")
         skipped = []
         for name, module in self.modules.items():
             state = getattr(source, name).state_dict()
@@ -206,8 +212,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--run", type=Path, default=Path("runs/testbed"), help="checkpoint/log folder")
     parser.add_argument("--out", type=Path, default=None, help="export the trained pipeline here when done")
     parser.add_argument("--clips", type=int, default=6000, help="training clips to render")
-    parser.add_argument("--form", choices=FORMS, default="walk",
-                        help="the tunes' form: walk (never repeats; v1/v2) or aaba (two-note motifs, A A B A)")
+    parser.add_argument("--form", choices=FORMS, default=None,
+                        help="the tunes' form of a new run's data: walk (never repeats; v1/v2; the default) or aaba "
+                             "(two-note motifs, A A B A); a run goes on with the form its data.npz holds")
     parser.add_argument("--minutes", type=float, default=85.0, help="stop after this much training time")
     parser.add_argument("--max-steps", type=int, default=100_000)
     parser.add_argument("--batch", type=int, default=32)
@@ -230,14 +237,14 @@ def main(argv: list[str] | None = None) -> None:
     data_path = args.run / "data.npz"
     if data_path.exists():
         data = TestbedData.load(data_path)
-        if data.form != args.form:
+        if args.form not in (None, data.form):
             raise SystemExit(f"{data_path} holds {data.form!r} tunes, not {args.form!r}; use a new --run folder")
     else:
         stats = None
         if args.init_from is not None:  # keep normalising as the weights learned to
             codec = ARCHITECTURES[args.arch][1].from_pretrained(args.init_from).codec
             stats = (codec.mel_mean, codec.mel_std)
-        data = render_dataset(args.clips, seed=args.seed, workers=args.threads, form=args.form, stats=stats)
+        data = render_dataset(args.clips, seed=args.seed, workers=args.threads, form=args.form or "walk", stats=stats)
         data.save(data_path)
     trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed, args.arch,
                       args.decay_steps)
