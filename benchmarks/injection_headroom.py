@@ -72,8 +72,10 @@ def positive_control(tokens: int = 64, heads: int = 2, dim: int = 16) -> tuple[f
     return span(own), total_variation(own, shifted)
 
 
-def headroom(model, t_start: float, steps: int, form: str = "walk") -> dict[str, tuple[float, float]]:
-    """Per self-attention layer name: (span, TV) over the edits of PAIRS (tunes in `form`) without injection."""
+def headroom(model, t_start: float, steps: int, form: str = "walk", style: str = "waltz",
+             mood: str = "calm") -> dict[str, tuple[float, float]]:
+    """Per self-attention layer name: (span, TV) over the edits of PAIRS (tunes in `form`, arranged in `style`
+    and `mood`) without injection."""
     editor = Melodia(model)
     modules = editor.injected_modules("self:*")
     names = dict(zip((m.path for m in modules), layer_names(modules)))
@@ -82,8 +84,8 @@ def headroom(model, t_start: float, steps: int, form: str = "walk") -> dict[str,
     empty = model.encode_prompt([""], guidance=1.0)
     invert, sample = ode_samplers(model)
     for source, target, seed in PAIRS:
-        z0 = model.encode_audio(render_clip(source, "waltz", "calm", seed, form=form))
-        prompt = model.encode_prompt([f"a calm waltz played on {target}"], guidance=3.5)
+        z0 = model.encode_audio(render_clip(source, style, mood, seed, form=form))
+        prompt = model.encode_prompt([f"a {mood} {style} played on {target}"], guidance=3.5)
         with AttentionRepository() as repository:
             with record_source_qk(model, modules, repository):
                 zt = invert(model, z0, empty, steps, t_start)
@@ -106,15 +108,20 @@ def main() -> None:
     parser.add_argument("--t-start", type=float, default=0.6)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--form", choices=FORMS, default="walk", help="the source tunes' form (aaba: repeated motifs)")
+    parser.add_argument("--style", default="waltz", help="the sources' style (waltz holds 3-4 notes; staccato 8-16, "
+                        "so every aaba tune repeats)")
+    parser.add_argument("--mood", default="calm")
     args = parser.parse_args()
     control_span, control_tv = positive_control()
     print(f"positive control (64 tokens): span {control_span:.3f} (1/N = {1 / 64:.3f}), TV {control_tv:.3f}")
     for name in args.model or ["testbed"]:
         model = load_model(name)
-        trained = headroom(model, args.t_start, args.steps, args.form)
+        arrangement = (args.form, args.style, args.mood)
+        trained = headroom(model, args.t_start, args.steps, *arrangement)
         with randomized_denoiser(model, seed=0):  # the probes' baseline: same config, fresh weights
-            random = headroom(model, args.t_start, args.steps, args.form)
-        print(f"\n{name}, t_start {args.t_start}, {len(PAIRS)} edits of {args.form} tunes without injection")
+            random = headroom(model, args.t_start, args.steps, *arrangement)
+        print(f"\n{name}, t_start {args.t_start}, {len(PAIRS)} edits of {args.form} tunes ({args.mood} {args.style}) "
+              "without injection")
         print("| layer | span, trained | span, random denoiser | TV source vs own, trained | TV, random denoiser |")
         print("|---|---|---|---|---|")
         for layer in trained:

@@ -25,6 +25,7 @@ from editing.flow import ode_samplers
 from probing.models import load_model
 from probing.plots import pyplot, write_figure
 from probing.synth import caption, class_lists, render_clip, templates
+from probing.synth.score import FORMS
 from probing.synth.classifier import default_classifier
 
 ATTRIBUTES = ("instrument", "style", "mood")
@@ -71,9 +72,9 @@ def generated_clips(model, items: list[dict], steps: int, guidance: float, batch
     return waves
 
 
-def rendered(items: list[dict]) -> list[np.ndarray]:
-    """The synthesizer's renders of `items` (their notes from `score_seed`)."""
-    return [render_clip(i["instrument"], i["style"], i["mood"], i["score_seed"]) for i in items]
+def rendered(items: list[dict], form: str = "walk") -> list[np.ndarray]:
+    """The synthesizer's renders of `items` (their notes from `score_seed`, a tune in `form`)."""
+    return [render_clip(i["instrument"], i["style"], i["mood"], i["score_seed"], form=form) for i in items]
 
 
 def codec_round_trips(model, sources: list[np.ndarray]) -> list[np.ndarray]:
@@ -157,6 +158,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--inversion-clips", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--form", choices=FORMS, default="walk",
+                        help="tune form of the rendered clips (codec ceiling, round trip): the model's training data's")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
@@ -165,12 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     truth = {a: [i[a] for i in items] for a in ATTRIBUTES}
     generated = classify(classifier, generated_clips(model, items, args.steps, args.guidance, 16, args.seed),
                          model.sample_rate)
-    round_trips = codec_round_trips(model, rendered(items))
+    round_trips = codec_round_trips(model, rendered(items, args.form))
     inversion = inversion_items(args.inversion_clips, args.seed)
-    plain, refined = reconstruction(model, rendered(inversion), 50, refines=(0, 1))
+    plain, refined = reconstruction(model, rendered(inversion, args.form), 50, refines=(0, 1))
     ceiling = classify(classifier, round_trips, model.sample_rate)
     report = {
-        "model": args.model, "clips": len(items), "steps": args.steps, "guidance": args.guidance,
+        "model": args.model, "form": args.form, "clips": len(items), "steps": args.steps, "guidance": args.guidance,
         "chance": {a: 1 / len(class_lists()[a]) for a in ATTRIBUTES},
         "generated_accuracy": {a: accuracy(generated[a], truth[a]) for a in ATTRIBUTES},
         "codec_ceiling_accuracy": {a: accuracy(ceiling[a], truth[a]) for a in ATTRIBUTES},
