@@ -14,6 +14,7 @@ from editing.benchmark import ROW_FIELDS, RowWriter, read_rows
 from editing.cli import main
 from editing.editor import EditSettings, Melodia
 from editing.manifests import AudioFile, SynthClip, load_manifest
+from probing.synth import class_lists
 from probing.errors import MelodiaError
 from probing.probes import ProbeScore
 from probing.profile import LayerProfile
@@ -64,6 +65,18 @@ def test_the_testbed_manifest_has_ground_truth_for_64_edits():
         assert changed == {{"timbre": "instrument"}.get(item.category, item.category)}, item.id
         assert getattr(item.ideal, changed.pop()) in item.target_prompt
     assert len({i.source.instrument for i in manifest.items[:16]}) == 16  # --limit 16 meets every instrument
+
+
+def test_the_aaba_manifest_holds_full_repeats_of_every_instrument():
+    from probing.synth import make_score
+
+    items = load_manifest("testbed-aaba").items
+    assert len(items) == 32 and {i.category for i in items} == {"timbre"}
+    assert sorted(i.source.instrument for i in items[:16]) == sorted(class_lists()["instrument"])
+    for item in items:
+        assert item.source.form == item.ideal.form == "aaba" and item.source.instrument != item.ideal.instrument
+        degrees = make_score(item.source.score_seed, item.source.style, item.source.mood, form="aaba").melody_degrees()
+        assert len(degrees) >= 12 and degrees[0:2] == degrees[2:4] == degrees[6:8]  # A A B A at least once
 
 
 def test_a_synth_source_renders_the_tune_form_it_names(tmp_path):
