@@ -16,6 +16,7 @@ Examples:
 from __future__ import annotations
 
 import csv
+import hashlib
 import itertools
 import json
 import math
@@ -188,7 +189,13 @@ class BenchPlan:
                 "manifest_file": str(self.manifest.path), "model": self.model,
                 "edit": {k: v for k, v in asdict(self.edit).items() if v is not None},
                 "metrics": self.metrics, "conditions": [asdict(c) for c in self.conditions],
-                "items": [item.id for item in self.chosen]}
+                "items": [item.id for item in self.chosen],
+                "item_digests": {item.id: item_digest(item) for item in self.chosen}}
+
+
+def item_digest(item: EditItem) -> str:
+    """A short hash of everything that defines an edit item (prompt, source, ideal, tune form, checksum)."""
+    return hashlib.sha256(json.dumps(asdict(item), sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -309,6 +316,13 @@ def _record_plan(plan: BenchPlan, out: Path) -> None:
         if changed:
             raise MelodiaError(f"{out} holds a benchmark run with other {', '.join(changed)} (see {path}); "
                                "use another -o folder")
+        before = previous.get("item_digests", {})  # runs from before digests were recorded have none
+        redefined = sorted(i for i in before.keys() & current["item_digests"].keys()
+                           if before[i] != current["item_digests"][i])
+        if redefined:
+            raise MelodiaError(f"{out}: item {', '.join(redefined)} changed in the manifest since this run began "
+                               "(rows of two definitions would mix); use another -o folder")
+        current["item_digests"] = before | current["item_digests"]
     write_json(path, current)
 
 

@@ -205,6 +205,27 @@ def test_a_tiny_bench_writes_rows_summary_table_and_plot_and_resumes_without_edi
     assert_one_line_error(code, err, "other edit")  # never mixes settings in one table
 
 
+def test_resuming_refuses_an_item_redefined_in_the_manifest(tmp_path):
+    from editing.benchmark import BenchPlan, _record_plan, method_conditions
+
+    def plan(form: str) -> BenchPlan:
+        path = tmp_path / "m.yaml"
+        path.write_text("name: m\nitems: [{id: a, category: timbre, target_prompt: v, source: {instrument: piano, "
+                        f"style: swing, mood: sad, score_seed: 1, form: {form}}}}}]")
+        return BenchPlan(load_manifest(path), method_conditions(["ddim"]), "testbed")
+
+    out = tmp_path / "run"
+    out.mkdir()
+    _record_plan(plan("walk"), out)
+    _record_plan(plan("walk"), out)  # the same definition resumes
+    with pytest.raises(MelodiaError, match="item a changed in the manifest"):
+        _record_plan(plan("aaba"), out)
+    recorded = json.loads((out / "bench.json").read_text())
+    del recorded["item_digests"]  # a run from before digests were recorded
+    (out / "bench.json").write_text(json.dumps(recorded))
+    _record_plan(plan("aaba"), out)
+
+
 def test_a_torn_last_row_is_cut_off_and_never_read(tmp_path):
     path = tmp_path / "rows.csv"
     whole = dict.fromkeys(ROW_FIELDS, "1") | {"item": "a", "condition": "ddim"}
