@@ -137,6 +137,46 @@ def summary_records(rows: list[dict], expected: int | None = None) -> tuple[list
 REFERENCES = ("none", "inversion", "ddim")  # the no-injection condition every other is compared with
 
 
+def item_differences(rows: list[dict], reference: str | None = None) -> dict[tuple[str, str, str], dict[str, float]]:
+    """Per (condition, its reference, metric): {item: condition - reference} over the items both have (finite);
+    {} without a reference. The reference is the first of REFERENCES the run has (in a sweep: at the same setting).
+
+    >>> item_differences(rows)["all", "none", "chroma"]["timbre-00-piano-to-clarinet"]
+    0.012
+    """
+    conditions = list(dict.fromkeys(row["condition"] for row in rows))
+    bases = list(dict.fromkeys(base_condition(c) for c in conditions))
+    reference = reference or next((c for c in REFERENCES if c in bases), None)
+    if reference is None:
+        return {}
+
+    def reference_of(condition: str) -> str:  # in a sweep: the reference at the same setting
+        point = point_label(condition)
+        return f"{reference}{SWEEP_MARK}{point}" if point else reference
+
+    value = {(row["item"], row["condition"], metric): float(row[metric]) for row in rows
+             for metric in TABLE_METRICS if row.get(metric)}
+    items = list(dict.fromkeys(row["item"] for row in rows))
+    out = {}
+    for condition in conditions:
+        against = reference_of(condition)
+        if base_condition(condition) == reference:
+            continue
+        for metric in TABLE_METRICS:
+            diffs = {i: value[i, condition, metric] - value[i, against, metric] for i in items
+                     if (i, condition, metric) in value and (i, against, metric) in value}
+            out[condition, against, metric] = {i: d for i, d in diffs.items() if math.isfinite(d)}
+    return out
+
+
+def bootstrap_mean(values: Sequence[float], rng: np.random.Generator, resamples: int = 2000) -> dict:
+    """n, mean and the 95 % percentile bootstrap interval (ci_low, ci_high) of the mean of `values`."""
+    values = np.asarray(values, dtype=np.float64)
+    boot = rng.choice(values, size=(resamples, values.size)).mean(axis=1)
+    return {"n": int(values.size), "mean": float(values.mean()),
+            "ci_low": float(np.quantile(boot, 0.025)), "ci_high": float(np.quantile(boot, 0.975))}
+
+
 def paired_differences(rows: list[dict], reference: str | None = None, resamples: int = 2000,
                        seed: int = 0) -> list[dict]:
     """Per group (all, each category), condition and metric: mean of (condition - reference) over the
@@ -145,49 +185,30 @@ def paired_differences(rows: list[dict], reference: str | None = None, resamples
     >>> paired_differences(rows)[0]
     {'group': 'all', 'condition': 'all', 'reference': 'none', 'metric': 'chroma', 'n': 64, 'mean': 0.013, ...}
     """
-    conditions = list(dict.fromkeys(row["condition"] for row in rows))
-    bases = list(dict.fromkeys(base_condition(c) for c in conditions))
-    reference = reference or next((c for c in REFERENCES if c in bases), None)
-    if reference is None:
-        return []
-
-    def reference_of(condition: str) -> str:  # in a sweep: the reference at the same setting
-        point = point_label(condition)
-        return f"{reference}{SWEEP_MARK}{point}" if point else reference
-
-    value = {(row["item"], row["condition"], metric): float(row[metric]) for row in rows
-             for metric in TABLE_METRICS if row.get(metric)}
+    differences = item_differences(rows, reference)
     categories = list(dict.fromkeys(row["category"] for row in rows))
-    items = {group: list(dict.fromkeys(row["item"] for row in rows if group == "all" or row["category"] == group))
-             for group in ["all", *(categories if len(categories) > 1 else [])]}
+    groups = {group: {row["item"] for row in rows if group == "all" or row["category"] == group}
+              for group in ["all", *(categories if len(categories) > 1 else [])]}
     rng = np.random.default_rng(seed)
     out = []
-    for group, names in items.items():
-        for condition in conditions:
-            against = reference_of(condition)
-            if base_condition(condition) == reference:
-                continue
-            for metric in TABLE_METRICS:
-                diffs = np.asarray([value[i, condition, metric] - value[i, against, metric] for i in names
-                                    if (i, condition, metric) in value and (i, against, metric) in value])
-                diffs = diffs[np.isfinite(diffs)]
-                if diffs.size < 2:
-                    continue
-                boot = rng.choice(diffs, size=(resamples, diffs.size)).mean(axis=1)
+    for group, names in groups.items():
+        for (condition, against, metric), by_item in differences.items():
+            diffs = [d for i, d in by_item.items() if i in names]
+            if len(diffs) >= 2:
                 out.append({"group": group, "condition": condition, "reference": against, "metric": metric,
-                            "n": int(diffs.size), "mean": float(diffs.mean()),
-                            "ci_low": float(np.quantile(boot, 0.025)), "ci_high": float(np.quantile(boot, 0.975))})
+                            **bootstrap_mean(diffs, rng, resamples)})
     return out
 
 
-def paired_markdown(paired: list[dict]) -> str:
-    """The paired differences as Markdown tables, one per group; '' when there are none."""
+def paired_markdown(paired: list[dict], title: str | None = None) -> str:
+    """The paired differences as Markdown tables, one per group, under `title` (default: what minus what);
+    '' when there are none."""
     if not paired:
         return ""
     references = list(dict.fromkeys(p["reference"] for p in paired))
     settings = ", ".join(pair.split("=")[0] for pair in point_label(references[0]).split(","))
     against = references[0] if len(references) == 1 else f"{base_condition(references[0])} at the same {settings}"
-    lines = ["", f"# Paired differences: condition - {against}, same items", "",
+    lines = ["", f"# {title or f'Paired differences: condition - {against}, same items'}", "",
              "mean [95 % bootstrap CI over items]; * where the interval excludes 0.", ""]
     metrics = list(dict.fromkeys(p["metric"] for p in paired))
     for group in dict.fromkeys(p["group"] for p in paired):

@@ -446,3 +446,28 @@ def test_bench_on_stable_audio_open_runs_its_own_methods_and_refuses_flowedit_be
                          "--limit", "1", "--steps", "2", "-o", str(tmp_path / "out"))
     assert_one_line_error(code, err, "flowedit", "not for tiny-stable-audio")
     assert not (tmp_path / "out" / "rows.csv").exists()
+
+
+def test_two_runs_effects_are_compared_item_by_item(tmp_path, capsys):
+    from editing.bench_compare import effect_differences, main
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.3, 0.7, 12)
+    effect_b = rng.normal(0.0, 0.05, 12)
+
+    def run(effect: np.ndarray) -> list[dict]:
+        return [{"item": f"i{k}", "category": "timbre", "condition": c, "chroma": f"{v:.6f}"}
+                for k in range(12) for c, v in (("none", base[k]), ("all", base[k] + effect[k]))]
+
+    records = effect_differences(run(effect_b + 0.1), run(effect_b))
+    assert [(r["condition"], r["reference"], r["metric"], r["n"]) for r in records] == [("all", "none", "chroma", 12)]
+    assert records[0]["mean"] == pytest.approx(0.1, abs=1e-5) and records[0]["ci_low"] == pytest.approx(0.1, abs=1e-5)
+    noise = effect_differences(run(effect_b + rng.normal(0, 0.05, 12)), run(effect_b))[0]
+    assert noise["ci_low"] < 0 < noise["ci_high"]  # unrelated noise: no difference claimed
+    for name, manifest in (("a", "m"), ("b", "other")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "bench.json").write_text(json.dumps({"manifest": manifest, "model": name}))
+    with pytest.raises(SystemExit) as exit_info:
+        main([str(tmp_path / "a"), str(tmp_path / "b")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "different manifests" in err and len(err.strip().splitlines()) == 1
