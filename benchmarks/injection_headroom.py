@@ -38,7 +38,7 @@ from probing.capture import randomized_denoiser  # noqa: E402
 from probing.hooks import AttentionHooks  # noqa: E402
 from probing.layers import layer_names  # noqa: E402
 from probing.models import load_model  # noqa: E402
-from probing.synth import render_clip  # noqa: E402
+from probing.synth import class_lists, render_clip  # noqa: E402
 from probing.synth.score import FORMS  # noqa: E402
 
 PAIRS = (("violin", "piano", 13), ("piano", "violin", 10), ("flute", "guitar", 11), ("organ", "marimba", 12))
@@ -108,9 +108,10 @@ def main() -> None:
     parser.add_argument("--t-start", type=float, default=0.6)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--form", choices=FORMS, default="walk", help="the source tunes' form (aaba: repeated motifs)")
-    parser.add_argument("--style", default="waltz", help="the sources' style (waltz holds 3-4 notes; staccato 8-16, "
-                        "so every aaba tune repeats)")
-    parser.add_argument("--mood", default="calm")
+    parser.add_argument("--style", default="waltz", choices=class_lists()["style"],
+                        help="the sources' style (a calm waltz holds 3-4 notes; staccato 9 or more, so every aaba "
+                             "tune repeats)")
+    parser.add_argument("--mood", default="calm", choices=class_lists()["mood"])
     args = parser.parse_args()
     control_span, control_tv = positive_control()
     print(f"positive control (64 tokens): span {control_span:.3f} (1/N = {1 / 64:.3f}), TV {control_tv:.3f}")

@@ -11,19 +11,18 @@ intervention with a control arm (the same start trained on two datasets), or any
 Examples:
     >>> rows = effect_differences(read_rows("results/a"), read_rows("results/b"))
     >>> rows[0]["condition"], rows[0]["metric"], rows[0]["mean"]
-    ('all@t_start=0.6', 'melody_raw_chroma', 0.036)
+    ('all@t_start=0.6', 'chroma', 0.008)
 """
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 from editing.bench_summary import bootstrap_mean, item_differences, paired_markdown
-from editing.benchmark import PLAN_FILE, read_rows
+from editing.benchmark import read_plan, read_rows
 from probing.errors import MelodiaError
 
 
@@ -42,11 +41,28 @@ def effect_differences(rows_a: list[dict], rows_b: list[dict], resamples: int = 
     return out
 
 
-def _plan(folder: Path) -> dict:
-    path = folder / PLAN_FILE
-    if not path.is_file():
-        raise MelodiaError(f"{folder} holds no benchmark run ({PLAN_FILE} missing)")
-    return json.loads(path.read_text())
+def compare_runs(run_a: str | Path, run_b: str | Path) -> str:
+    """The Markdown report of `effect_differences` between two bench folders; MelodiaError where they cannot be
+    compared (another manifest, an item defined differently, nothing shared)."""
+    plans = read_plan(run_a), read_plan(run_b)
+    if plans[0]["manifest"] != plans[1]["manifest"]:
+        raise MelodiaError(f"the runs edited different manifests ({plans[0]['manifest']}, {plans[1]['manifest']})")
+    digests = [plan.get("item_digests", {}) for plan in plans]
+    redefined = sorted(i for i in digests[0].keys() & digests[1].keys() if digests[0][i] != digests[1][i])
+    if redefined:
+        raise MelodiaError(f"item {redefined[0]} is defined differently in the two runs' manifests")
+    rows = read_rows(run_a), read_rows(run_b)
+    try:
+        records = effect_differences(*rows)
+    except ValueError as error:
+        raise MelodiaError(f"a rows file holds a value that is not a number ({error})") from None
+    if not records:
+        raise MelodiaError("the runs share no condition with a reference on two or more items")
+    items = [{row["item"] for row in run} for run in rows]
+    unshared = [f"{len(items[0] - items[1])} items only in A", f"{len(items[1] - items[0])} only in B"]
+    title = f"Paired effects, A ({plans[0]['model']}) minus B ({plans[1]['model']})"
+    note = f"(condition - reference) in A minus in B, per item both edited ({'; '.join(unshared)})."
+    return paired_markdown(records, title=title).replace("\n\nmean [", f"\n\n{note}\nmean [", 1)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -55,17 +71,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("run_b", type=Path, help="another, on the same manifest and conditions")
     args = parser.parse_args(argv)
     try:
-        plans = _plan(args.run_a), _plan(args.run_b)
-        if plans[0]["manifest"] != plans[1]["manifest"]:
-            raise MelodiaError(f"the runs edited different manifests ({plans[0]['manifest']}, {plans[1]['manifest']})")
-        records = effect_differences(read_rows(args.run_a), read_rows(args.run_b))
-        if not records:
-            raise MelodiaError("the runs share no condition with a reference on two or more items")
+        print(compare_runs(args.run_a, args.run_b))
     except MelodiaError as error:
         print(f"bench_compare: error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    title = f"Paired effects, {plans[0]['model']} minus {plans[1]['model']}: (condition - reference) in A - in B"
-    print(paired_markdown(records, title=title))
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ Examples:
 from __future__ import annotations
 
 import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from editing.benchmark import METRIC_FIELDS, PLAN_FILE, SWEEP_MARK, base_condition, point_label, read_rows
+from editing.benchmark import METRIC_FIELDS, SWEEP_MARK, base_condition, point_label, read_plan, read_rows
 from editing.frontier import Y_METRICS, frontier_markdown, is_swept, matched_structure, plot_frontier, x_metric
 from editing.metric_labels import TABLE_METRICS
 from editing.metrics import adherence_musicality_balance, adherence_structure_balance
@@ -71,9 +70,7 @@ def mean_ci(values: Sequence[float]) -> tuple[float, float, int]:
 def summarize(out: str | Path, plot: bool = True) -> Summary:
     """Summarize the benchmark folder `out`: summary.csv, summary.md and (with `plot`) summary.png."""
     out = Path(out)
-    if not (out / PLAN_FILE).is_file():
-        raise MelodiaError(f"{out} holds no benchmark run (no {PLAN_FILE}): run `melodia bench MANIFEST -o {out}`")
-    plan = json.loads((out / PLAN_FILE).read_text())
+    plan = read_plan(out)
     rows = read_rows(out)
     if not rows:
         raise MelodiaError(f"{out} holds no finished edits yet: run or resume `melodia bench` first")

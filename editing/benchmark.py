@@ -22,14 +22,14 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
 from editing.editor import EditSettings
-from editing.manifests import CATEGORIES, EditItem, Manifest, SynthClip
+from editing.manifests import CATEGORIES, AudioFile, EditItem, Manifest, SynthClip
 from editing.methods import INVERTING_METHODS
 from editing.metrics import ClapEmbedder, LPAPSNet, MissingWeightsError, score_edit
 from probing.errors import MelodiaError
@@ -190,12 +190,35 @@ class BenchPlan:
                 "edit": {k: v for k, v in asdict(self.edit).items() if v is not None},
                 "metrics": self.metrics, "conditions": [asdict(c) for c in self.conditions],
                 "items": [item.id for item in self.chosen],
-                "item_digests": {item.id: item_digest(item) for item in self.chosen}}
+                "item_digests": {item.id: item_digest(item, self.manifest.clip_seconds) for item in self.chosen}}
 
 
-def item_digest(item: EditItem) -> str:
-    """A short hash of everything that defines an edit item (prompt, source, ideal, tune form, checksum)."""
-    return hashlib.sha256(json.dumps(asdict(item), sort_keys=True).encode()).hexdigest()[:16]
+def read_plan(out: str | Path) -> dict:
+    """The bench.json of the benchmark folder `out`; one-line MelodiaError where there is none or it is damaged."""
+    path = Path(out) / PLAN_FILE
+    if not path.is_file():
+        raise MelodiaError(f"{out} holds no benchmark run (no {PLAN_FILE}): run `melodia bench MANIFEST -o {out}`")
+    try:
+        plan = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        plan = None
+    if not isinstance(plan, dict) or not {"manifest", "model", "items"} <= plan.keys():
+        raise MelodiaError(f"{path} is not a melodia bench plan (damaged or from another tool)")
+    return plan
+
+
+def item_digest(item: EditItem, clip_seconds: float | None = None) -> str:
+    """A short hash of what defines an edit item (prompt, source, ideal, tune form, checksum; for a file source
+    the manifest's cut `clip_seconds`). Fields at their default are left out, so adding a field with a default
+    keeps every earlier item's hash."""
+    def defining(value):
+        if is_dataclass(value):
+            return {f.name: defining(getattr(value, f.name)) for f in fields(value)
+                    if getattr(value, f.name) != f.default}
+        return value
+
+    definition = defining(item) | ({"clip_seconds": clip_seconds} if isinstance(item.source, AudioFile) else {})
+    return hashlib.sha256(json.dumps(definition, sort_keys=True).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -307,20 +330,23 @@ def run_benchmark(plan: BenchPlan, editor, out: str | Path, scorer: Scorer, *, s
 
 
 def _record_plan(plan: BenchPlan, out: Path) -> None:
-    """Write bench.json; a folder holding a run with other settings is refused, not mixed."""
+    """Write bench.json; a folder holding a run with other settings, or rows of an item since redefined in the
+    manifest, is refused, not mixed."""
     path = out / PLAN_FILE
     current = plan.to_json()
     if path.is_file():
-        previous = json.loads(path.read_text())
+        previous = read_plan(out)
         changed = [key for key in _COMPARED if previous.get(key) != current[key]]
         if changed:
             raise MelodiaError(f"{out} holds a benchmark run with other {', '.join(changed)} (see {path}); "
                                "use another -o folder")
         before = previous.get("item_digests", {})  # runs from before digests were recorded have none
-        redefined = sorted(i for i in before.keys() & current["item_digests"].keys()
+        edited = {row["item"] for row in read_rows(out)}
+        redefined = sorted(i for i in edited & before.keys() & current["item_digests"].keys()
                            if before[i] != current["item_digests"][i])
         if redefined:
-            raise MelodiaError(f"{out}: item {', '.join(redefined)} changed in the manifest since this run began "
+            shown = ", ".join(redefined[:3]) + (f" and {len(redefined) - 3} more" if len(redefined) > 3 else "")
+            raise MelodiaError(f"{out}: item {shown} changed in the manifest since its rows were written "
                                "(rows of two definitions would mix); use another -o folder")
         current["item_digests"] = before | current["item_digests"]
     write_json(path, current)

@@ -27,6 +27,7 @@ from probing.plots import pyplot, write_figure
 from probing.synth import caption, class_lists, render_clip, templates
 from probing.synth.score import FORMS
 from probing.synth.classifier import default_classifier
+from probing.testbed.data import stored_form
 
 ATTRIBUTES = ("instrument", "style", "mood")
 
@@ -158,9 +159,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--inversion-clips", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--form", choices=FORMS, default="walk",
-                        help="tune form of the rendered clips (codec ceiling, round trip): the model's training data's")
+    parser.add_argument("--form", choices=FORMS, default=None,
+                        help="tune form of the rendered clips (codec ceiling, round trip); default: the form of "
+                             "--run's training data, else walk")
     args = parser.parse_args(argv)
+    if args.form is None:
+        data = args.run / "data.npz" if args.run else None
+        args.form = stored_form(data) if data and data.is_file() else "walk"
     args.out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
     classifier = default_classifier()

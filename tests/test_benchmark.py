@@ -205,25 +205,37 @@ def test_a_tiny_bench_writes_rows_summary_table_and_plot_and_resumes_without_edi
     assert_one_line_error(code, err, "other edit")  # never mixes settings in one table
 
 
-def test_resuming_refuses_an_item_redefined_in_the_manifest(tmp_path):
-    from editing.benchmark import BenchPlan, _record_plan, method_conditions
+def test_resuming_refuses_rows_of_an_item_redefined_in_the_manifest(tmp_path):
+    from editing.benchmark import BenchPlan, _record_plan, item_digest, method_conditions
 
-    def plan(form: str) -> BenchPlan:
+    def plan(form_a: str, form_b: str = "walk", ids: tuple[str, ...] = ("a", "b")) -> BenchPlan:
         path = tmp_path / "m.yaml"
-        path.write_text("name: m\nitems: [{id: a, category: timbre, target_prompt: v, source: {instrument: piano, "
-                        f"style: swing, mood: sad, score_seed: 1, form: {form}}}}}]")
+        path.write_text("name: m\nitems: [" + ", ".join(
+            f"{{id: {i}, category: timbre, target_prompt: v, source: {{instrument: piano, style: swing, mood: sad, "
+            f"score_seed: 1, form: {form}}}}}" for i, form in (("a", form_a), ("b", form_b)) if i in ids) + "]")
         return BenchPlan(load_manifest(path), method_conditions(["ddim"]), "testbed")
 
     out = tmp_path / "run"
     out.mkdir()
     _record_plan(plan("walk"), out)
-    _record_plan(plan("walk"), out)  # the same definition resumes
-    with pytest.raises(MelodiaError, match="item a changed in the manifest"):
-        _record_plan(plan("aaba"), out)
+    with RowWriter(out / "rows.csv") as writer:  # item a has a row, b none yet
+        writer.write(dict.fromkeys(ROW_FIELDS, "1") | {"item": "a", "condition": "ddim"})
+    _record_plan(plan("walk"), out)  # the same definitions resume
+    _record_plan(plan("walk", "aaba"), out)  # b has no rows: its new definition is taken
+    with pytest.raises(MelodiaError, match="item a changed in the manifest since its rows were written"):
+        _record_plan(plan("aaba", "aaba"), out)
+    _record_plan(plan("walk", "aaba", ids=("b",)), out)  # resumed with b only: a's definition is kept
+    with pytest.raises(MelodiaError, match="item a changed"):
+        _record_plan(plan("aaba", "aaba"), out)
     recorded = json.loads((out / "bench.json").read_text())
     del recorded["item_digests"]  # a run from before digests were recorded
     (out / "bench.json").write_text(json.dumps(recorded))
-    _record_plan(plan("aaba"), out)
+    _record_plan(plan("aaba", "aaba"), out)
+    (out / "bench.json").write_text("{not json")
+    with pytest.raises(MelodiaError, match="not a melodia bench plan"):
+        _record_plan(plan("aaba", "aaba"), out)
+    song = load_manifest("musicdelta").items[0]
+    assert item_digest(song, 10.0) != item_digest(song, 5.0)  # a file source's cut is part of its definition
 
 
 def test_a_torn_last_row_is_cut_off_and_never_read(tmp_path):
@@ -452,22 +464,32 @@ def test_two_runs_effects_are_compared_item_by_item(tmp_path, capsys):
     from editing.bench_compare import effect_differences, main
 
     rng = np.random.default_rng(0)
-    base = rng.uniform(0.3, 0.7, 12)
     effect_b = rng.normal(0.0, 0.05, 12)
 
-    def run(effect: np.ndarray) -> list[dict]:
-        return [{"item": f"i{k}", "category": "timbre", "condition": c, "chroma": f"{v:.6f}"}
-                for k in range(12) for c, v in (("none", base[k]), ("all", base[k] + effect[k]))]
+    def run(effect: np.ndarray, items: int = 12) -> list[dict]:
+        base = rng.uniform(0.3, 0.7, 12)  # each run its own baselines: only the paired effects agree
+        rows = [{"item": f"i{k}", "category": "timbre", "condition": c, "chroma": f"{v:.6f}"}
+                for k in range(items) for c, v in (("none", base[k]), ("all", base[k] + effect[k]))]
+        rows[-1]["chroma"] = "nan"  # an unscored edit is left out, not averaged
+        return rows
 
-    records = effect_differences(run(effect_b + 0.1), run(effect_b))
-    assert [(r["condition"], r["reference"], r["metric"], r["n"]) for r in records] == [("all", "none", "chroma", 12)]
+    records = effect_differences(run(effect_b + 0.1), run(effect_b, items=11))
+    assert [(r["condition"], r["reference"], r["metric"], r["n"]) for r in records] == [("all", "none", "chroma", 10)]
     assert records[0]["mean"] == pytest.approx(0.1, abs=1e-5) and records[0]["ci_low"] == pytest.approx(0.1, abs=1e-5)
     noise = effect_differences(run(effect_b + rng.normal(0, 0.05, 12)), run(effect_b))[0]
     assert noise["ci_low"] < 0 < noise["ci_high"]  # unrelated noise: no difference claimed
-    for name, manifest in (("a", "m"), ("b", "other")):
+    for name, manifest, rows in (("a", "m", run(effect_b + 0.1)), ("b", "m", run(effect_b, items=11)),
+                                 ("c", "other", run(effect_b))):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "bench.json").write_text(json.dumps({"manifest": manifest, "model": name}))
+        (tmp_path / name / "bench.json").write_text(json.dumps({"manifest": manifest, "model": name, "items": []}))
+        with RowWriter(tmp_path / name / "rows.csv") as writer:
+            for row in rows:
+                writer.write(dict.fromkeys(ROW_FIELDS, "") | row)
+    main([str(tmp_path / "a"), str(tmp_path / "b")])
+    out = capsys.readouterr().out
+    assert "A (a) minus B (b)" in out and "1 items only in A; 0 only in B" in out
+    assert "| all | 10 | +0.100 [+0.100, +0.100]* |" in out
     with pytest.raises(SystemExit) as exit_info:
-        main([str(tmp_path / "a"), str(tmp_path / "b")])
+        main([str(tmp_path / "a"), str(tmp_path / "c")])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "different manifests" in err and len(err.strip().splitlines()) == 1

@@ -50,12 +50,17 @@ class TestbedData:
             if "mels" not in f:
                 raise SystemExit(f"{path} is a training set of the v1 trainer (folded latents); render a new one "
                                  "(delete it, or use a new --run folder)")
-            form = str(f["form"]) if "form" in f else "walk"  # sets rendered before forms existed
-            return cls(f["mels"], f["labels"], f["score_seeds"], float(mean), float(std), form)
+            return cls(f["mels"], f["labels"], f["score_seeds"], float(mean), float(std), stored_form(path))
 
     def latents(self, codec: MelCodec, index: np.ndarray | list[int]) -> torch.Tensor:
         """The clips at `index` as float32 latents in `codec`'s fold."""
         return codec.to_latent(torch.from_numpy(self.mels[index].astype(np.float32)))
+
+
+def stored_form(path: Path) -> str:
+    """The tune form of a saved training set, without reading its log-mels ("walk" for sets before forms)."""
+    with np.load(path, allow_pickle=False) as f:
+        return str(f["form"]) if "form" in f else "walk"
 
 
 def caption_vocabulary(draws: int = 3, seed: int = 0) -> list[str]:
