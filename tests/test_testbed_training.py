@@ -1,6 +1,9 @@
 """The testbed trainer: data, a training step, checkpoint/resume round trip, atomic export."""
 from __future__ import annotations
 
+import json
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -9,7 +12,7 @@ from probing.models.testbed import TestbedModel
 from probing.testbed.codec import MelCodec
 from probing.testbed.data import TestbedData, caption_vocabulary, render_dataset
 from probing.testbed.pipeline import TestbedPipeline
-from probing.testbed.train import Trainer, main
+from probing.testbed.train import TRAINING_RECORD, WARMUP_STEPS, Trainer, main
 
 
 @pytest.fixture(scope="module")
@@ -112,6 +115,39 @@ def test_a_new_run_can_start_from_exported_weights(data, tmp_path):
     for name, module in second.modules.items():
         for key, value in module.state_dict().items():
             torch.testing.assert_close(value, first.ema[name].state_dict()[key], atol=0, rtol=0)
+
+
+def test_an_export_goes_on_training_at_its_step_with_a_fresh_warm_up(data, tmp_path):
+    words = caption_vocabulary(draws=1)
+    first = Trainer(tmp_path / "a", data, words, lr=1e-3, batch=2, seed=0, decay_steps=10)
+    for _ in range(3):
+        first.train_step()
+    first.export(tmp_path / "export")
+    record = json.loads((tmp_path / "export" / TRAINING_RECORD).read_text())
+    assert (record["step"], record["form"], record["decay_steps"]) == (3, "walk", 10)
+    later = Trainer(tmp_path / "b", data, words, lr=1e-3, batch=2, seed=0, decay_steps=10)
+    assert later.continue_from(tmp_path / "export") == 3
+    cosine_at_3 = 0.1 + 0.45 * (1 + math.cos(math.pi * 0.3))  # the schedule goes on; the warm-up starts again
+    assert later.learning_rate() == pytest.approx(1e-3 * cosine_at_3 / WARMUP_STEPS)
+    for name, module in later.modules.items():
+        for key, value in module.state_dict().items():
+            torch.testing.assert_close(value, first.ema[name].state_dict()[key], atol=0, rtol=0)
+    later.train_step()
+    later.checkpoint()
+    resumed = Trainer(tmp_path / "b", data, words, lr=1e-3, batch=2, seed=0, decay_steps=10)
+    assert resumed.resume() and (resumed.step, resumed.warmup_start) == (4, 3)
+    assert resumed.learning_rate() == later.learning_rate()
+    main(["--run", str(tmp_path / "cli"), "--continue-from", str(tmp_path / "export"), "--clips", "2", "--batch", "2",
+          "--max-steps", "4", "--threads", "1"])  # one step: 3 -> 4, data rendered with the export's statistics
+    state = json.loads((tmp_path / "cli" / "checkpoint" / "state.json").read_text())
+    assert (state["step"], state["warmup_start"], state["form"]) == (4, 3, "walk")
+    assert TestbedData.load(tmp_path / "cli" / "data.npz").mel_std == pytest.approx(data.mel_std)
+    aaba = render_dataset(n_clips=2, seed=0, workers=1, form="aaba", stats=(data.mel_mean, data.mel_std))
+    with pytest.raises(SystemExit, match="trained on 'walk' tunes; this run trains the unet testbed on 'aaba'"):
+        Trainer(tmp_path / "c", aaba, words, lr=1e-3, batch=2, seed=0).continue_from(tmp_path / "export")
+    (tmp_path / "export" / TRAINING_RECORD).unlink()
+    with pytest.raises(SystemExit, match="--init-from starts a new schedule"):
+        Trainer(tmp_path / "d", data, words, lr=1e-3, batch=2, seed=0).continue_from(tmp_path / "export")
 
 
 def test_v1_weights_start_a_v2_run_where_the_shapes_match(data, tmp_path):

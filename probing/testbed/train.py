@@ -10,7 +10,10 @@ eps - x0 at sigma drawn from a logit-normal (Esser et al. 2024), x_sigma = (1 - 
 without it); `--init-from FOLDER --matching-only` starts from the tensors of an exported pipeline whose
 names and shapes match (e.g. v1's weights for v2: every block but the latent's in/out convolutions).
 
-Re-running the same command resumes from `<run>/checkpoint`. The rendered training set is cached
+Re-running the same command resumes from `<run>/checkpoint`. A checkpoint (weights, EMA, optimiser)
+is four times the model; to go on where only an export survives (another machine, a later working
+period), `--continue-from EXPORT` starts from its EMA weights at the step its `training.json` records,
+on the same learning-rate schedule, with a fresh optimiser warmed up again over WARMUP_STEPS. The rendered training set is cached
 in `<run>/data.npz`; losses go to `<run>/loss.csv`; the export (EMA weights) is written to a
 temporary folder and renamed into place, so `--out` is never half-written.
 """
@@ -45,6 +48,8 @@ ARCHITECTURES = {"unet": (build_untrained, TestbedPipeline, "unet", UNET_CODEC),
 
 CAPTION_DROPOUT = 0.1  # empty caption, so classifier-free guidance works
 MIN_SNR_GAMMA = 5.0
+WARMUP_STEPS = 200
+TRAINING_RECORD = "training.json"  # beside an export: the step and recipe that made it
 
 
 class Trainer:
@@ -60,7 +65,8 @@ class Trainer:
         params = [p for m in self.modules.values() for p in m.parameters()]
         self.optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=1e-2)
         self.ema = {name: copy.deepcopy(m).requires_grad_(False) for name, m in self.modules.items()}
-        self.step = 0
+        self.step = self.warmup_start = 0
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.classes = class_lists()
         self.template_ids = sorted(templates())
@@ -102,8 +108,8 @@ class Trainer:
         return F.mse_loss(v, noise - x0)
 
     def learning_rate(self) -> float:
-        """200 warm-up steps, then constant or (with `decay_steps`) a cosine down to lr / 10."""
-        warmup = min(1.0, (self.step + 1) / 200)
+        """WARMUP_STEPS of warm-up (from `warmup_start`), then constant or (with `decay_steps`) a cosine to lr / 10."""
+        warmup = min(1.0, (self.step - self.warmup_start + 1) / WARMUP_STEPS)
         if self.decay_steps is None:
             return self.lr * warmup
         progress = min(1.0, self.step / self.decay_steps)
@@ -141,8 +147,8 @@ class Trainer:
             save_model(module, tmp / f"{name}.safetensors")
             save_model(self.ema[name], tmp / f"ema_{name}.safetensors")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
-        state = {"step": self.step, "words": self.words, "arch": self.arch, "form": self.data.form,
-                 "rng": self.rng.bit_generator.state}
+        state = {"step": self.step, "warmup_start": self.warmup_start, "words": self.words, "arch": self.arch,
+                 "form": self.data.form, "rng": self.rng.bit_generator.state}
         (tmp / "state.json").write_text(json.dumps(state))
         final = self.run / "checkpoint"
         shutil.rmtree(final, ignore_errors=True)
@@ -164,7 +170,7 @@ class Trainer:
             load_model(module, folder / f"{name}.safetensors")
             load_model(self.ema[name], folder / f"ema_{name}.safetensors")
         self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        self.step = state["step"]
+        self.step, self.warmup_start = state["step"], state.get("warmup_start", 0)
         self.rng.bit_generator.state = state["rng"]
         return True
 
@@ -193,13 +199,35 @@ class Trainer:
             self.ema[name].load_state_dict(state, strict=not matching_only)
         return skipped
 
+    def continue_from(self, folder: Path) -> int:
+        """Go on training an export: its EMA weights, at the step its training record gives; returns that step.
+
+        The schedule goes on from that step; the optimiser starts afresh, so the learning rate warms up
+        again, and the batches are drawn from a generator seeded with (seed, step).
+        """
+        record_path = folder / TRAINING_RECORD
+        if not record_path.exists():
+            raise SystemExit(f"{folder} has no {TRAINING_RECORD} (it was exported before exports recorded their "
+                             "step); --init-from starts a new schedule from its weights")
+        record = json.loads(record_path.read_text())
+        if record["arch"] != self.arch or record["form"] != self.data.form:
+            raise SystemExit(f"{folder} is the {record['arch']} testbed trained on {record['form']!r} tunes; this "
+                             f"run trains the {self.arch} testbed on {self.data.form!r} tunes")
+        self.init_from(folder)
+        self.step = self.warmup_start = int(record["step"])
+        self.rng = np.random.default_rng([self.seed, self.step])
+        return self.step
+
     def export(self, out: Path) -> TestbedPipeline | TestbedDiTPipeline:
-        """Save the EMA weights as a diffusers pipeline folder (safetensors), atomically."""
+        """Save the EMA weights as a diffusers pipeline folder (safetensors) with its training record, atomically."""
         for name, module in self.modules.items():
             module.load_state_dict(self.ema[name].state_dict())
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.pipe.save_pretrained(tmp, safe_serialization=True)
+        record = {"arch": self.arch, "step": self.step, "form": self.data.form, "lr": self.lr,
+                  "decay_steps": self.decay_steps, "batch": self.batch, "seed": self.seed}
+        (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         return self.pipe
@@ -226,8 +254,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads; use 1 when other jobs share the cores (2 threads then thrash)")
     parser.add_argument("--export-only", action="store_true", help="export the last checkpoint to --out and stop")
-    parser.add_argument("--init-from", type=Path, help="start a new run from an exported pipeline (e.g. the shipped "
-                                                        "weights) instead of random weights")
+    start = parser.add_mutually_exclusive_group()
+    start.add_argument("--init-from", type=Path, help="start a new run from an exported pipeline (e.g. the shipped "
+                                                       "weights) instead of random weights, at step 0")
+    start.add_argument("--continue-from", type=Path, metavar="EXPORT",
+                       help="start a new run from an export at the step its training.json records, on the same "
+                            "schedule (go on training where only the export survives)")
     parser.add_argument("--matching-only", action="store_true",
                         help="with --init-from: copy only tensors whose names and shapes match (v1 weights into v2)")
     args = parser.parse_args(argv)
@@ -240,16 +272,21 @@ def main(argv: list[str] | None = None) -> None:
         if args.form not in (None, data.form):
             raise SystemExit(f"{data_path} holds {data.form!r} tunes, not {args.form!r}; use a new --run folder")
     else:
-        stats = None
-        if args.init_from is not None:  # keep normalising as the weights learned to
-            codec = ARCHITECTURES[args.arch][1].from_pretrained(args.init_from).codec
+        stats, form = None, args.form
+        weights = args.init_from or args.continue_from
+        if weights is not None:  # keep normalising as the weights learned to
+            codec = ARCHITECTURES[args.arch][1].from_pretrained(weights).codec
             stats = (codec.mel_mean, codec.mel_std)
-        data = render_dataset(args.clips, seed=args.seed, workers=args.threads, form=args.form or "walk", stats=stats)
+        if args.continue_from is not None and form is None and (args.continue_from / TRAINING_RECORD).exists():
+            form = json.loads((args.continue_from / TRAINING_RECORD).read_text())["form"]
+        data = render_dataset(args.clips, seed=args.seed, workers=args.threads, form=form or "walk", stats=stats)
         data.save(data_path)
     trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed, args.arch,
                       args.decay_steps)
     if trainer.resume():
         print(f"resumed at step {trainer.step}")
+    elif args.continue_from is not None:
+        print(f"continuing {args.continue_from} from step {trainer.continue_from(args.continue_from)}")
     elif args.init_from is not None:
         skipped = trainer.init_from(args.init_from, args.matching_only)
         print(f"starting from the weights in {args.init_from}" + (f"; initialised afresh: {', '.join(skipped)}"
