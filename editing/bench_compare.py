@@ -41,6 +41,21 @@ def effect_differences(rows_a: list[dict], rows_b: list[dict], resamples: int = 
     return out
 
 
+def setting_differences(plan_a: dict, plan_b: dict) -> list[str]:
+    """What the two runs set differently, as notes: edit settings (steps, guidance, ...) and conditions of the
+    same name that edit other layers (`auto` is each model's own band) or with another method."""
+    edit_a, edit_b = plan_a.get("edit", {}), plan_b.get("edit", {})
+    notes = [f"{key} {edit_a.get(key)} in A, {edit_b.get(key)} in B" for key in sorted(edit_a.keys() | edit_b.keys())
+             if edit_a.get(key) != edit_b.get(key)]
+    conditions_b = {c["name"]: c for c in plan_b.get("conditions", [])}
+    for condition in plan_a.get("conditions", []):
+        other = conditions_b.get(condition["name"])
+        for field in ("method", "layers"):
+            if other is not None and condition.get(field) != other.get(field):
+                notes.append(f"{condition['name']} is {field} {condition.get(field)} in A, {other.get(field)} in B")
+    return notes
+
+
 def compare_runs(run_a: str | Path, run_b: str | Path) -> str:
     """The Markdown report of `effect_differences` between two bench folders; MelodiaError where they cannot be
     compared (another manifest, an item defined differently, nothing shared)."""
@@ -62,6 +77,9 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> str:
     unshared = [f"{len(items[0] - items[1])} items only in A", f"{len(items[1] - items[0])} only in B"]
     title = f"Paired effects, A ({plans[0]['model']}) minus B ({plans[1]['model']})"
     note = f"(condition - reference) in A minus in B, per item both edited ({'; '.join(unshared)})."
+    differences = setting_differences(*plans)
+    if differences:
+        note += f"\nSet differently: {'; '.join(differences)}."
     return paired_markdown(records, title=title).replace("\n\nmean [", f"\n\n{note}\nmean [", 1)
 
 
