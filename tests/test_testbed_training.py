@@ -137,11 +137,13 @@ def test_an_export_goes_on_training_at_its_step_with_a_fresh_warm_up(data, tmp_p
     resumed = Trainer(tmp_path / "b", data, words, lr=1e-3, batch=2, seed=0, decay_steps=10)
     assert resumed.resume() and (resumed.step, resumed.warmup_start) == (4, 3)
     assert resumed.learning_rate() == later.learning_rate()
-    main(["--run", str(tmp_path / "cli"), "--continue-from", str(tmp_path / "export"), "--clips", "2", "--batch", "2",
-          "--max-steps", "4", "--threads", "1"])  # one step: 3 -> 4, data rendered with the export's statistics
+    main(["--run", str(tmp_path / "cli"), "--continue-from", str(tmp_path / "export"), "--max-steps", "4",
+          "--threads", "1", "--out", str(tmp_path / "export2")])  # one step, 3 -> 4, with the export's recipe
     state = json.loads((tmp_path / "cli" / "checkpoint" / "state.json").read_text())
     assert (state["step"], state["warmup_start"], state["form"]) == (4, 3, "walk")
-    assert TestbedData.load(tmp_path / "cli" / "data.npz").mel_std == pytest.approx(data.mel_std)
+    rendered = TestbedData.load(tmp_path / "cli" / "data.npz")  # its clips, seed and statistics: the same data
+    assert np.array_equal(rendered.labels, data.labels) and rendered.mel_std == pytest.approx(data.mel_std)
+    assert json.loads((tmp_path / "export2" / TRAINING_RECORD).read_text()) == record | {"step": 4}
     aaba = render_dataset(n_clips=2, seed=0, workers=1, form="aaba", stats=(data.mel_mean, data.mel_std))
     with pytest.raises(SystemExit, match="trained on 'walk' tunes; this run trains the unet testbed on 'aaba'"):
         Trainer(tmp_path / "c", aaba, words, lr=1e-3, batch=2, seed=0).continue_from(tmp_path / "export")

@@ -13,7 +13,8 @@ names and shapes match (e.g. v1's weights for v2: every block but the latent's i
 Re-running the same command resumes from `<run>/checkpoint`. A checkpoint (weights, EMA, optimiser)
 is four times the model; to go on where only an export survives (another machine, a later working
 period), `--continue-from EXPORT` starts from its EMA weights at the step its `training.json` records,
-on the same learning-rate schedule, with a fresh optimiser warmed up again over WARMUP_STEPS. The rendered training set is cached
+with the recipe recorded there (what is not given on the command line) and so on the same learning-rate
+schedule, with a fresh optimiser warmed up again over WARMUP_STEPS. The rendered training set is cached
 in `<run>/data.npz`; losses go to `<run>/loss.csv`; the export (EMA weights) is written to a
 temporary folder and renamed into place, so `--out` is never half-written.
 """
@@ -205,11 +206,7 @@ class Trainer:
         The schedule goes on from that step; the optimiser starts afresh, so the learning rate warms up
         again, and the batches are drawn from a generator seeded with (seed, step).
         """
-        record_path = folder / TRAINING_RECORD
-        if not record_path.exists():
-            raise SystemExit(f"{folder} has no {TRAINING_RECORD} (it was exported before exports recorded their "
-                             "step); --init-from starts a new schedule from its weights")
-        record = json.loads(record_path.read_text())
+        record = training_record(folder)
         if record["arch"] != self.arch or record["form"] != self.data.form:
             raise SystemExit(f"{folder} is the {record['arch']} testbed trained on {record['form']!r} tunes; this "
                              f"run trains the {self.arch} testbed on {self.data.form!r} tunes")
@@ -225,31 +222,44 @@ class Trainer:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.pipe.save_pretrained(tmp, safe_serialization=True)
-        record = {"arch": self.arch, "step": self.step, "form": self.data.form, "lr": self.lr,
-                  "decay_steps": self.decay_steps, "batch": self.batch, "seed": self.seed}
+        record = {"arch": self.arch, "step": self.step, "form": self.data.form, "clips": len(self.data.labels),
+                  "seed": self.seed, "batch": self.batch, "lr": self.lr, "decay_steps": self.decay_steps}
         (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
         return self.pipe
 
 
+def training_record(folder: Path) -> dict:
+    """The step, tune form and recipe an export was trained with (its training.json)."""
+    path = folder / TRAINING_RECORD
+    if not path.exists():
+        raise SystemExit(f"{folder} has no {TRAINING_RECORD} (it was exported before exports recorded their "
+                         "step); --init-from starts a new schedule from its weights")
+    return json.loads(path.read_text())
+
+
+# the recipe's defaults; --continue-from takes the export's own recipe instead for each one not given
+RECIPE_DEFAULTS = {"arch": "unet", "clips": 6000, "seed": 0, "batch": 32, "lr": 6e-4, "decay_steps": None}
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default="unet",
-                        help="unet: the DDIM UNet testbed; dit: the flow-matching DiT testbed")
+    parser.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None,
+                        help="unet (default): the DDIM UNet testbed; dit: the flow-matching DiT testbed")
     parser.add_argument("--run", type=Path, default=Path("runs/testbed"), help="checkpoint/log folder")
     parser.add_argument("--out", type=Path, default=None, help="export the trained pipeline here when done")
-    parser.add_argument("--clips", type=int, default=6000, help="training clips to render")
+    parser.add_argument("--clips", type=int, default=None, help="training clips to render (default 6000)")
     parser.add_argument("--form", choices=FORMS, default=None,
                         help="the tunes' form of a new run's data: walk (never repeats; v1/v2; the default) or aaba "
                              "(two-note motifs, A A B A); a run goes on with the form its data.npz holds")
     parser.add_argument("--minutes", type=float, default=85.0, help="stop after this much training time")
     parser.add_argument("--max-steps", type=int, default=100_000)
-    parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=6e-4)
+    parser.add_argument("--batch", type=int, default=None, help="clips per step (default 32)")
+    parser.add_argument("--lr", type=float, default=None, help="peak learning rate (default 6e-4)")
     parser.add_argument("--decay-steps", type=int, default=None,
                         help="cosine learning-rate decay to lr/10 at this step (default: constant after warm-up)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="seeds the data, the weights and the batches (default 0)")
     parser.add_argument("--checkpoint-every", type=float, default=5.0, help="minutes between checkpoints")
     parser.add_argument("--threads", type=int, default=2,
                         help="torch threads; use 1 when other jobs share the cores (2 threads then thrash)")
@@ -258,11 +268,16 @@ def main(argv: list[str] | None = None) -> None:
     start.add_argument("--init-from", type=Path, help="start a new run from an exported pipeline (e.g. the shipped "
                                                        "weights) instead of random weights, at step 0")
     start.add_argument("--continue-from", type=Path, metavar="EXPORT",
-                       help="start a new run from an export at the step its training.json records, on the same "
-                            "schedule (go on training where only the export survives)")
+                       help="start a new run from an export at the step its training.json records, with its "
+                            "recipe (arch, tune form, clips, seed, batch, lr, decay steps) unless given here: go "
+                            "on training where only the export survives")
     parser.add_argument("--matching-only", action="store_true",
                         help="with --init-from: copy only tensors whose names and shapes match (v1 weights into v2)")
     args = parser.parse_args(argv)
+    record = training_record(args.continue_from) if args.continue_from is not None else {}
+    for key, default in RECIPE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, record.get(key, default))
 
     torch.set_num_threads(args.threads)
     args.run.mkdir(parents=True, exist_ok=True)
@@ -272,14 +287,13 @@ def main(argv: list[str] | None = None) -> None:
         if args.form not in (None, data.form):
             raise SystemExit(f"{data_path} holds {data.form!r} tunes, not {args.form!r}; use a new --run folder")
     else:
-        stats, form = None, args.form
+        stats = None
         weights = args.init_from or args.continue_from
         if weights is not None:  # keep normalising as the weights learned to
             codec = ARCHITECTURES[args.arch][1].from_pretrained(weights).codec
             stats = (codec.mel_mean, codec.mel_std)
-        if args.continue_from is not None and form is None and (args.continue_from / TRAINING_RECORD).exists():
-            form = json.loads((args.continue_from / TRAINING_RECORD).read_text())["form"]
-        data = render_dataset(args.clips, seed=args.seed, workers=args.threads, form=form or "walk", stats=stats)
+        form = args.form or record.get("form", "walk")
+        data = render_dataset(args.clips, seed=args.seed, workers=args.threads, form=form, stats=stats)
         data.save(data_path)
     trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed, args.arch,
                       args.decay_steps)
