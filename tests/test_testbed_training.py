@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from probing.models.testbed import TestbedModel
 from probing.testbed.codec import MelCodec
 from probing.testbed.data import TestbedData, caption_vocabulary, render_dataset
 from probing.testbed.pipeline import TestbedPipeline
-from probing.testbed.train import TRAINING_RECORD, WARMUP_STEPS, Trainer, main
+from probing.testbed.train import RECIPE_DEFAULTS, TRAINING_RECORD, WARMUP_STEPS, Trainer, main
 
 
 @pytest.fixture(scope="module")
@@ -137,19 +138,34 @@ def test_an_export_goes_on_training_at_its_step_with_a_fresh_warm_up(data, tmp_p
     resumed = Trainer(tmp_path / "b", data, words, lr=1e-3, batch=2, seed=0, decay_steps=10)
     assert resumed.resume() and (resumed.step, resumed.warmup_start) == (4, 3)
     assert resumed.learning_rate() == later.learning_rate()
-    main(["--run", str(tmp_path / "cli"), "--continue-from", str(tmp_path / "export"), "--max-steps", "4",
-          "--threads", "1", "--out", str(tmp_path / "export2")])  # one step, 3 -> 4, with the export's recipe
-    state = json.loads((tmp_path / "cli" / "checkpoint" / "state.json").read_text())
-    assert (state["step"], state["warmup_start"], state["form"]) == (4, 3, "walk")
-    rendered = TestbedData.load(tmp_path / "cli" / "data.npz")  # its clips, seed and statistics: the same data
-    assert np.array_equal(rendered.labels, data.labels) and rendered.mel_std == pytest.approx(data.mel_std)
-    assert json.loads((tmp_path / "export2" / TRAINING_RECORD).read_text()) == record | {"step": 4}
     aaba = render_dataset(n_clips=2, seed=0, workers=1, form="aaba", stats=(data.mel_mean, data.mel_std))
     with pytest.raises(SystemExit, match="trained on 'walk' tunes; this run trains the unet testbed on 'aaba'"):
         Trainer(tmp_path / "c", aaba, words, lr=1e-3, batch=2, seed=0).continue_from(tmp_path / "export")
-    (tmp_path / "export" / TRAINING_RECORD).unlink()
+
+
+def test_the_command_line_goes_on_with_the_recipe_of_an_export_then_of_its_checkpoint(data, tmp_path):
+    first = Trainer(tmp_path / "a", data, caption_vocabulary(draws=1), lr=1e-3, batch=2, seed=0, decay_steps=10)
+    for _ in range(3):
+        first.train_step()
+    first.export(tmp_path / "export")
+    record = json.loads((tmp_path / "export" / TRAINING_RECORD).read_text())
+    run = ["--run", str(tmp_path / "cli"), "--threads", "1"]
+    main(run + ["--continue-from", str(tmp_path / "export"), "--max-steps", "4", "--lr", "2e-3"])  # 3 -> 4
+    state = json.loads((tmp_path / "cli" / "checkpoint" / "state.json").read_text())
+    assert (state["step"], state["warmup_start"], state["form"]) == (4, 3, "walk")
+    assert state["recipe"] == {key: record[key] for key in RECIPE_DEFAULTS} | {"lr": 2e-3}  # a given flag wins
+    rendered = TestbedData.load(tmp_path / "cli" / "data.npz")  # the export's clips, seed and statistics
+    assert np.array_equal(rendered.labels, data.labels) and rendered.mel_std == pytest.approx(data.mel_std)
+    shutil.rmtree(tmp_path / "export")  # from here on the run's own checkpoint is all it needs
+    main(run + ["--continue-from", str(tmp_path / "export"), "--max-steps", "5"])  # the same command resumes
+    main(run + ["--export-only", "--out", str(tmp_path / "export2")])  # no recipe flags: the checkpoint's
+    assert json.loads((tmp_path / "export2" / TRAINING_RECORD).read_text()) == record | {"step": 5, "lr": 2e-3}
+    with pytest.raises(SystemExit, match="needs --out and a checkpoint"):  # nothing trained in this run
+        main(["--run", str(tmp_path / "fresh"), "--threads", "1", "--export-only", "--out", str(tmp_path / "x"),
+              "--continue-from", str(tmp_path / "export2")])
+    (tmp_path / "export2" / TRAINING_RECORD).unlink()
     with pytest.raises(SystemExit, match="--init-from starts a new schedule"):
-        Trainer(tmp_path / "d", data, words, lr=1e-3, batch=2, seed=0).continue_from(tmp_path / "export")
+        main(["--run", str(tmp_path / "d"), "--continue-from", str(tmp_path / "export2")])
 
 
 def test_v1_weights_start_a_v2_run_where_the_shapes_match(data, tmp_path):

@@ -10,7 +10,8 @@ eps - x0 at sigma drawn from a logit-normal (Esser et al. 2024), x_sigma = (1 - 
 without it); `--init-from FOLDER --matching-only` starts from the tensors of an exported pipeline whose
 names and shapes match (e.g. v1's weights for v2: every block but the latent's in/out convolutions).
 
-Re-running the same command resumes from `<run>/checkpoint`. A checkpoint (weights, EMA, optimiser)
+Re-running the same command resumes from `<run>/checkpoint`, which keeps the run's recipe (batch, learning
+rate, schedule, seed): a flag left out when resuming or exporting takes the checkpoint's value. A checkpoint (weights, EMA, optimiser)
 is four times the model; to go on where only an export survives (another machine, a later working
 period), `--continue-from EXPORT` starts from its EMA weights at the step its `training.json` records,
 with the recipe recorded there (what is not given on the command line) and so on the same learning-rate
@@ -140,6 +141,12 @@ class Trainer:
             for average, value in zip(self.ema[name].parameters(), module.parameters()):
                 average.mul_(decay).add_(value.detach(), alpha=1 - decay)
 
+    @property
+    def recipe(self) -> dict:
+        """What a later run needs to go on the same way (RECIPE_DEFAULTS' keys)."""
+        return {"arch": self.arch, "clips": len(self.data.labels), "seed": self.seed, "batch": self.batch,
+                "lr": self.lr, "decay_steps": self.decay_steps}
+
     def checkpoint(self) -> None:
         tmp = self.run / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
@@ -149,7 +156,7 @@ class Trainer:
             save_model(self.ema[name], tmp / f"ema_{name}.safetensors")
         torch.save(self.optimizer.state_dict(), tmp / "optimizer.pt")
         state = {"step": self.step, "warmup_start": self.warmup_start, "words": self.words, "arch": self.arch,
-                 "form": self.data.form, "rng": self.rng.bit_generator.state}
+                 "form": self.data.form, "recipe": self.recipe, "rng": self.rng.bit_generator.state}
         (tmp / "state.json").write_text(json.dumps(state))
         final = self.run / "checkpoint"
         shutil.rmtree(final, ignore_errors=True)
@@ -222,8 +229,7 @@ class Trainer:
         tmp = out.with_name(out.name + ".tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         self.pipe.save_pretrained(tmp, safe_serialization=True)
-        record = {"arch": self.arch, "step": self.step, "form": self.data.form, "clips": len(self.data.labels),
-                  "seed": self.seed, "batch": self.batch, "lr": self.lr, "decay_steps": self.decay_steps}
+        record = {"step": self.step, "form": self.data.form, **self.recipe}
         (tmp / TRAINING_RECORD).write_text(json.dumps(record, indent=1) + "\n")
         shutil.rmtree(out, ignore_errors=True)
         tmp.rename(out)
@@ -239,8 +245,25 @@ def training_record(folder: Path) -> dict:
     return json.loads(path.read_text())
 
 
-# the recipe's defaults; --continue-from takes the export's own recipe instead for each one not given
+# the recipe's defaults, for the flags a command leaves out where neither a checkpoint nor an export gives them
 RECIPE_DEFAULTS = {"arch": "unet", "clips": 6000, "seed": 0, "batch": 32, "lr": 6e-4, "decay_steps": None}
+
+
+def fill_recipe(args: argparse.Namespace) -> dict:
+    """Set each recipe flag the command left out: from the run's checkpoint when it has one (resuming, exporting),
+    else from --continue-from's training record, else RECIPE_DEFAULTS. Returns where they came from."""
+    state_path = args.run / "checkpoint" / "state.json"
+    if state_path.exists():  # checkpoints before recipes were saved give only their arch
+        state = json.loads(state_path.read_text())
+        source = {"arch": state.get("arch", "unet"), **state.get("recipe", {})}
+    elif args.continue_from is not None:
+        source = training_record(args.continue_from)
+    else:
+        source = {}
+    for key, default in RECIPE_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, source.get(key, default))
+    return source
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -274,10 +297,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--matching-only", action="store_true",
                         help="with --init-from: copy only tensors whose names and shapes match (v1 weights into v2)")
     args = parser.parse_args(argv)
-    record = training_record(args.continue_from) if args.continue_from is not None else {}
-    for key, default in RECIPE_DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, record.get(key, default))
+    if args.matching_only and args.init_from is None:
+        parser.error("--matching-only goes with --init-from")
+    source = fill_recipe(args)
 
     torch.set_num_threads(args.threads)
     args.run.mkdir(parents=True, exist_ok=True)
@@ -292,12 +314,19 @@ def main(argv: list[str] | None = None) -> None:
         if weights is not None:  # keep normalising as the weights learned to
             codec = ARCHITECTURES[args.arch][1].from_pretrained(weights).codec
             stats = (codec.mel_mean, codec.mel_std)
-        form = args.form or record.get("form", "walk")
+        form = args.form or source.get("form", "walk")
         data = render_dataset(args.clips, seed=args.seed, workers=args.threads, form=form, stats=stats)
         data.save(data_path)
     trainer = Trainer(args.run, data, caption_vocabulary(), args.lr, args.batch, args.seed, args.arch,
                       args.decay_steps)
-    if trainer.resume():
+    resumed = trainer.resume()
+    if args.export_only:
+        if args.out is None or not resumed:
+            raise SystemExit("--export-only needs --out and a checkpoint in --run")
+        trainer.export(args.out)
+        print(f"exported step {trainer.step} to {args.out}")
+        return
+    if resumed:
         print(f"resumed at step {trainer.step}")
     elif args.continue_from is not None:
         print(f"continuing {args.continue_from} from step {trainer.continue_from(args.continue_from)}")
@@ -305,12 +334,6 @@ def main(argv: list[str] | None = None) -> None:
         skipped = trainer.init_from(args.init_from, args.matching_only)
         print(f"starting from the weights in {args.init_from}" + (f"; initialised afresh: {', '.join(skipped)}"
                                                                    if skipped else ""))
-    if args.export_only:
-        if args.out is None or trainer.step == 0:
-            raise SystemExit("--export-only needs --out and a checkpoint in --run")
-        trainer.export(args.out)
-        print(f"exported step {trainer.step} to {args.out}")
-        return
     log_path = args.run / "loss.csv"
     new_log = not log_path.exists()
     started = last_checkpoint = time.monotonic()
