@@ -42,17 +42,23 @@ def effect_differences(rows_a: list[dict], rows_b: list[dict], resamples: int = 
 
 
 def setting_differences(plan_a: dict, plan_b: dict) -> list[str]:
-    """What the two runs set differently, as notes: edit settings (steps, guidance, ...) and conditions of the
-    same name that edit other layers (`auto` is each model's own band) or with another method."""
-    edit_a, edit_b = plan_a.get("edit", {}), plan_b.get("edit", {})
-    notes = [f"{key} {edit_a.get(key)} in A, {edit_b.get(key)} in B" for key in sorted(edit_a.keys() | edit_b.keys())
-             if edit_a.get(key) != edit_b.get(key)]
+    """What the two runs set differently, as notes: per condition both ran, its method, layers (`auto` is each
+    model's own band) and edit settings (the run's, with a sweep's values for that condition); each once."""
+    def effective(plan: dict, condition: dict) -> dict:
+        return {**plan.get("edit", {}), **dict(condition.get("settings", [])),
+                "method": condition.get("method"), "layers": condition.get("layers")}
+
     conditions_b = {c["name"]: c for c in plan_b.get("conditions", [])}
+    notes: list[str] = []
     for condition in plan_a.get("conditions", []):
-        other = conditions_b.get(condition["name"])
-        for field in ("method", "layers"):
-            if other is not None and condition.get(field) != other.get(field):
-                notes.append(f"{condition['name']} is {field} {condition.get(field)} in A, {other.get(field)} in B")
+        if condition["name"] not in conditions_b:
+            continue
+        a, b = effective(plan_a, condition), effective(plan_b, conditions_b[condition["name"]])
+        for key in sorted(a.keys() | b.keys()):
+            if a.get(key) != b.get(key):
+                where = f"{condition['name']}: " if key in ("method", "layers") else ""
+                note = f"{where}{key} {a.get(key)} in A, {b.get(key)} in B"
+                notes += [note] if note not in notes else []
     return notes
 
 

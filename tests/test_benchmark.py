@@ -478,14 +478,16 @@ def test_two_runs_effects_are_compared_item_by_item(tmp_path, capsys):
     assert records[0]["mean"] == pytest.approx(0.1, abs=1e-5) and records[0]["ci_low"] == pytest.approx(0.1, abs=1e-5)
     noise = effect_differences(run(effect_b + rng.normal(0, 0.05, 12)), run(effect_b))[0]
     assert noise["ci_low"] < 0 < noise["ci_high"]  # unrelated noise: no difference claimed
-    plan = {"edit": {"steps": 25, "guidance": 3.5}, "conditions": [{"name": "none", "method": "melodia", "layers": "none"},
-                                                                   {"name": "all", "method": "melodia", "layers": "self:*"}]}
+    plan = {"edit": {"steps": 25, "guidance": 3.5, "t_start": 0.6},
+            "conditions": [{"name": "none", "method": "melodia", "layers": "none", "settings": [["t_start", 1.0]]},
+                           {"name": "all", "method": "melodia", "layers": "self:*", "settings": [["t_start", 1.0]]}]}
     for name, manifest, rows in (("a", "m", run(effect_b + 0.1)), ("b", "m", run(effect_b, items=11)),
                                  ("c", "other", run(effect_b))):
         (tmp_path / name).mkdir()
         (tmp_path / name / "bench.json").write_text(json.dumps({"manifest": manifest, "model": name, "items": []} | plan))
         plan = json.loads(json.dumps(plan))  # B: another guidance, and its "all" injects fewer layers
-        plan["edit"]["guidance"], plan["conditions"][1]["layers"] = 7.0, "self:8-14"
+        plan["edit"] |= {"guidance": 7.0, "t_start": 0.8}  # a run-level t_start the sweep overrides alike in both
+        plan["conditions"][1]["layers"] = "self:8-14"
         with RowWriter(tmp_path / name / "rows.csv") as writer:
             for row in rows:
                 writer.write(dict.fromkeys(ROW_FIELDS, "") | row)
@@ -493,7 +495,9 @@ def test_two_runs_effects_are_compared_item_by_item(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "A (a) minus B (b)" in out and "1 items only in A; 0 only in B" in out
     assert "| all | 10 | +0.100 [+0.100, +0.100]* |" in out
-    assert "Set differently: guidance 3.5 in A, 7.0 in B; all is layers self:* in A, self:8-14 in B." in out
+    assert "Set differently: guidance 3.5 in A, 7.0 in B; all: layers self:* in A, self:8-14 in B.\n" in out
+    main([str(tmp_path / "a"), str(tmp_path / "a")])
+    assert "Set differently" not in capsys.readouterr().out  # a run against itself: nothing to note
     with pytest.raises(SystemExit) as exit_info:
         main([str(tmp_path / "a"), str(tmp_path / "c")])
     err = capsys.readouterr().err
