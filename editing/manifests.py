@@ -205,19 +205,18 @@ def _source(raw, where: str) -> SynthClip | AudioFile:
 
 def _synth(raw, where: str, default_form: str = "walk") -> SynthClip:
     from probing.synth.classes import check_class
-    from probing.synth.score import FORMS
+    from probing.synth.score import check_form
 
     raw = _mapping(raw, where, required=SYNTH_KEYS, optional=("form",))
+    form = raw.get("form") or default_form
     try:
         for attribute in ("instrument", "style", "mood"):
             check_class(attribute, raw[attribute])
+        check_form(form)
     except ValueError as error:
         raise MelodiaError(f"{where}: {error}") from None
     if not isinstance(raw["score_seed"], int):
         raise MelodiaError(f"{where}: score_seed must be an integer, got {raw['score_seed']!r}")
-    form = raw.get("form") or default_form
-    if form not in FORMS:
-        raise MelodiaError(f"{where}: form must be one of {', '.join(FORMS)}, got {form!r}")
     return SynthClip(raw["instrument"], raw["style"], raw["mood"], raw["score_seed"], form)
 
 

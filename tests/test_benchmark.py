@@ -116,7 +116,7 @@ ITEM = "{id: a, category: timbre, target_prompt: violin, source: {instrument: pi
     ("name: x\nitems: [{id: a, category: mood, target_prompt: v, colour: red, source: {file: a.wav}}]",
      "unknown key colour"),
     ("name: x\nitems: [{id: a, category: mood, target_prompt: v, source: {instrument: piano, style: waltz, "
-     "mood: sad, score_seed: 1, form: rondo}}]", "form must be one of walk, aaba"),
+     "mood: sad, score_seed: 1, form: rondo}}]", "unknown tune form 'rondo'; choose one of: walk, aaba"),
     ("name: [unclosed", "not valid YAML")])
 def test_a_bad_manifest_is_refused_in_one_line(capsys, tmp_path, text, needle):
     manifest = tmp_path / "bad.yaml"

@@ -130,6 +130,19 @@ def pitch_to_degree(pitch: int, tonic: int, mode: tuple[int, ...]) -> int:
     return octave * len(mode) + mode.index(semitone)
 
 
+def check_form(form: str) -> None:
+    """Raise a one-line `ValueError` unless `form` is a tune form (`FORMS`).
+
+    Examples:
+        >>> check_form("aaba")
+        >>> check_form("rondo")  # doctest: +IGNORE_EXCEPTION_DETAIL
+        Traceback (most recent call last):
+        ValueError: unknown tune form 'rondo'; choose one of: walk, aaba
+    """
+    if form not in FORMS:
+        raise ValueError(f"unknown tune form {form!r}; choose one of: {', '.join(FORMS)}")
+
+
 def melody_degrees(score_seed: int, count: int, form: str = "walk") -> list[int]:
     """The first `count` melody degrees of a tune in `form` (see `FORMS`).
 
@@ -143,8 +156,7 @@ def melody_degrees(score_seed: int, count: int, form: str = "walk") -> list[int]
         >>> a_b = melody_degrees(0, 4); melody_degrees(0, 8, "aaba") == a_b[:2] * 2 + a_b[2:] + a_b[:2]
         True
     """
-    if form not in FORMS:
-        raise ValueError(f"unknown tune form {form!r}; choose one of {', '.join(FORMS)}")
+    check_form(form)
     if form == "aaba":
         sections = ceil(count / (4 * MOTIF_NOTES))
         walk = melody_degrees(score_seed, 2 * MOTIF_NOTES * sections)
