@@ -3,7 +3,8 @@
     python -m editing.testbed_report --out docs/testbed-results [--run runs/testbed] [--per-class 4]
     python -m editing.testbed_report --model testbed-dit --out docs/testbed-dit-results --run runs/testbed-dit
 
-Writes report.json, confusion_instrument.png and (with --run) loss_curve.png. The round trip to noise and
+Writes report.json, clips.csv (each generated clip's prompted and heard attributes, for paired comparisons
+of two models on the same clips), confusion_instrument.png and (with --run) loss_curve.png. The round trip to noise and
 back runs on --inversion-clips clips of different instruments, the same whatever --per-class, once with
 the explicit inversion step and once with one fixed-point refinement per step. Adherence is judged
 by the independent attribute classifier (librosa features, trained on synthesizer renders, never
@@ -106,6 +107,15 @@ def reconstruction(model, sources: list[np.ndarray], steps: int, refines: tuple[
              "inversion_refinements": r} for r in refines]
 
 
+def write_clip_rows(items: list[dict], heard: dict[str, list[str]], path: Path) -> None:
+    """One row per generated clip: its prompt's labels and template, and what the classifier heard."""
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["clip", *ATTRIBUTES, "template", *(f"heard_{a}" for a in ATTRIBUTES)])
+        for n, item in enumerate(items):
+            writer.writerow([n, *(item[a] for a in ATTRIBUTES), item["template"], *(heard[a][n] for a in ATTRIBUTES)])
+
+
 def plot_confusion(truth: list[str], predicted: list[str], classes: list[str], path: Path, title: str) -> None:
     plt = pyplot()
     index = {c: i for i, c in enumerate(classes)}
@@ -189,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
         "reconstruction_refined": refined,
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
+    write_clip_rows(items, generated, args.out / "clips.csv")
     plot_confusion(truth["instrument"], generated["instrument"], class_lists()["instrument"],
                    args.out / "confusion_instrument.png", f"{args.model} generations: instrument")
     if args.run is not None:

@@ -190,3 +190,20 @@ def test_the_report_inverts_clips_of_different_instruments_whatever_its_size():
     assert inversion_items(6, seed=0) == clips  # the same clips for every model and --per-class
     assert clips[-1]["instrument"] == sample_labels(1, 0)[-1]["instrument"]  # spread to the end of the list
     assert len(inversion_items(16, 0)) == 16 and inversion_items(1, 0) == clips[:1]
+
+
+def test_the_reports_clip_rows_pair_each_prompt_with_what_was_heard(tmp_path):
+    import csv
+
+    from editing.testbed_report import sample_labels, write_clip_rows
+
+    items = sample_labels(1, seed=0)[:3]
+    heard = {"instrument": ["organ", "harp", "bells"], "style": ["waltz", "march", "swing"],
+             "mood": ["sad", "calm", "dark"]}
+    write_clip_rows(items, heard, tmp_path / "clips.csv")
+    with open(tmp_path / "clips.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["clip"] for r in rows] == ["0", "1", "2"]
+    assert [r["instrument"] for r in rows] == [i["instrument"] for i in items]
+    assert [r["template"] for r in rows] == [str(i["template"]) for i in items]
+    assert [r["heard_instrument"] for r in rows] == heard["instrument"] and rows[2]["heard_mood"] == "dark"
