@@ -10,6 +10,9 @@ the explicit inversion step and once with one fixed-point refinement per step. A
 by the independent attribute classifier (librosa features, trained on synthesizer renders, never
 on model output); its ceiling is the same classifier on synthesizer renders passed through the
 testbed's own codec (log-mel + Griffin-Lim), since every generated clip goes through that decoder.
+Two one-step checks on 16 renders (one per instrument; `editing.denoiser_checks`) need no sampler: how
+much noise the denoiser removes at flow sigmas 0.05 / 0.2 / 0.5 (1 = none), and whether its prediction
+picks the clip's instrument out of all 16 captions (a diffusion classifier; chance 1/16).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from editing.denoiser_checks import denoising_error, prompt_reading
 from editing.flow import ode_samplers
 from probing.models import load_model
 from probing.plots import pyplot, write_figure
@@ -105,6 +109,20 @@ def reconstruction(model, sources: list[np.ndarray], steps: int, refines: tuple[
              "inversion_audio_log_mel_l1": float(np.mean(audio_l1[r])),
              "codec_round_trip_log_mel_l1": float(np.mean(codec_l1)), "clips": len(sources), "steps": steps,
              "inversion_refinements": r} for r in refines]
+
+
+def one_step_checks(model, seed: int) -> dict:
+    """Denoising error and prompt reading (instrument) on one render per instrument, captioned by template 0."""
+    items = sample_labels(1, seed)
+    instruments = class_lists()["instrument"]
+    z0 = torch.cat([model.encode_audio(w) for w in rendered(items)])
+    prompts = [[caption(c, i["style"], i["mood"], 0) for c in instruments] for i in items]
+    own = [p[instruments.index(i["instrument"])] for p, i in zip(prompts, items)]
+    picks = prompt_reading(model, z0, prompts, seed=seed)
+    return {"denoising_error": {str(k): v for k, v in denoising_error(model, z0, own, seed=seed).items()},
+            "prompt_reading_instrument": float(np.mean([instruments[k] == i["instrument"]
+                                                        for k, i in zip(picks, items)])),
+            "clips": len(items)}
 
 
 def write_clip_rows(items: list[dict], heard: dict[str, list[str]], path: Path) -> None:
@@ -197,6 +215,7 @@ def main(argv: list[str] | None = None) -> None:
             for c in class_lists()["instrument"]},
         "reconstruction": plain | {"instruments": [i["instrument"] for i in inversion]},
         "reconstruction_refined": refined,
+        "one_step": one_step_checks(model, args.seed),
     }
     (args.out / "report.json").write_text(json.dumps(report, indent=1))
     write_clip_rows(items, generated, args.out / "clips.csv")
@@ -205,7 +224,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.run is not None:
         plot_loss(args.run, args.out / "loss_curve.png")
     print(json.dumps({k: report[k] for k in ("generated_accuracy", "codec_ceiling_accuracy", "reconstruction",
-                                             "reconstruction_refined")},
+                                             "reconstruction_refined", "one_step")},
                      indent=1))
 
 
