@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from editing.denoiser_checks import denoising_error, prompt_reading
+from editing.denoiser_checks import denoising_error, reading_accuracy
 from editing.flow import ode_samplers
 from probing.models import load_model
 from probing.plots import pyplot, write_figure
@@ -116,13 +116,12 @@ def one_step_checks(model, seed: int) -> dict:
     items = sample_labels(1, seed)
     instruments = class_lists()["instrument"]
     z0 = torch.cat([model.encode_audio(w) for w in rendered(items)])
-    prompts = [[caption(c, i["style"], i["mood"], 0) for c in instruments] for i in items]
-    own = [p[instruments.index(i["instrument"])] for p, i in zip(prompts, items)]
-    picks = prompt_reading(model, z0, prompts, seed=seed)
+    truth = [i["instrument"] for i in items]
+    own = [caption(i["instrument"], i["style"], i["mood"], 0) for i in items]
+    read = reading_accuracy(model, z0, truth, instruments, lambda c, n: caption(c, items[n]["style"], items[n]["mood"], 0),
+                            seed=seed)
     return {"denoising_error": {str(k): v for k, v in denoising_error(model, z0, own, seed=seed).items()},
-            "prompt_reading_instrument": float(np.mean([instruments[k] == i["instrument"]
-                                                        for k, i in zip(picks, items)])),
-            "clips": len(items)}
+            "prompt_reading_instrument": read, "clips": len(items)}
 
 
 def write_clip_rows(items: list[dict], heard: dict[str, list[str]], path: Path) -> None:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from editing import denoiser_checks
-from editing.denoiser_checks import denoising_error, prompt_reading
+from editing.denoiser_checks import denoising_error, prompt_reading, reading_accuracy
 from probing.models import load_model
 
 
@@ -43,13 +43,13 @@ def test_an_epsilon_model_that_predicts_no_noise_removes_none(monkeypatch):
     assert denoising_error(model, z0, [""], sigmas=(0.2, 0.6)) == pytest.approx({0.2: 1.0, 0.6: 1.0}, abs=1e-5)
 
 
-def test_prompt_reading_picks_the_candidate_whose_estimate_is_closest(monkeypatch):
-    """A fake denoiser, exact only under the prompt 'right', picks 'right' wherever it stands in the list."""
-    model = load_model("testbed")
-    clip = torch.randn(1, *model.latent_shape, generator=torch.Generator().manual_seed(3))
-    real_encode = model.encode_prompt
+def exact_under_right(model, clip: torch.Tensor, monkeypatch) -> list[list[str]]:
+    """Make `model` a denoiser that is exact for `clip` only under the prompt 'right'; returns the log of
+    prompt lists it was asked to encode."""
+    real_encode, encoded = model.encode_prompt, []
 
     def encode(prompts, guidance):
+        encoded.append(list(prompts))
         cond = real_encode(prompts, guidance)
         cond.prompts = list(prompts)
         return cond
@@ -62,6 +62,24 @@ def test_prompt_reading_picks_the_candidate_whose_estimate_is_closest(monkeypatc
 
     monkeypatch.setattr(model, "encode_prompt", encode)
     monkeypatch.setattr(model, "predict_noise", predict)
-    candidates = [["a", "right", "b"], ["right", "a", "b"], ["a", "b", "right"]]
-    picks = prompt_reading(model, clip.expand(3, *clip.shape[1:]), candidates)
-    assert picks.tolist() == [1, 0, 2]
+    return encoded
+
+
+def test_prompt_reading_picks_the_candidate_whose_estimate_is_closest(monkeypatch):
+    """A fake denoiser, exact only under the prompt 'right', picks 'right' wherever it stands in the list."""
+    model = load_model("testbed")
+    clip = torch.randn(1, *model.latent_shape, generator=torch.Generator().manual_seed(3))
+    encoded = exact_under_right(model, clip, monkeypatch)
+    candidates = [["a", "right", "b"], ["right", "a", "b"], ["a", "b", "right"], ["a", "right", "b"]]
+    picks = prompt_reading(model, clip.expand(4, *clip.shape[1:]), candidates)
+    assert picks.tolist() == [1, 0, 2, 1]
+    assert sorted(map(tuple, encoded)) == sorted({tuple(c) for c in candidates}), "each distinct list once"
+
+
+def test_reading_accuracy_counts_the_clips_whose_own_class_wins(monkeypatch):
+    """With 'right' always winning, clips labelled 'right' are read and the others are not."""
+    model = load_model("testbed")
+    clip = torch.randn(1, *model.latent_shape, generator=torch.Generator().manual_seed(3))
+    exact_under_right(model, clip, monkeypatch)
+    clips = clip.expand(4, *clip.shape[1:])
+    assert reading_accuracy(model, clips, ["right", "a", "right", "b"], ["a", "right", "b"], lambda c, i: c) == 0.5

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from editing.denoiser_checks import denoising_error, prompt_reading
+from editing.denoiser_checks import denoising_error, reading_accuracy
 from probing.models import load_model
 from probing.models.testbed import TestbedModel
 from probing.synth import class_lists, render_clip
@@ -51,8 +51,8 @@ def instruments_read(model) -> int:
     instruments = class_lists()["instrument"]
     z0 = torch.cat([model.encode_audio(render_clip(i, "march", "happy", 2 * 10**9 + n))
                     for n, i in enumerate(instruments)])
-    picks = prompt_reading(model, z0, [[f"a happy march played on the {c}" for c in instruments]] * len(instruments))
-    return int((picks == np.arange(len(instruments))).sum())
+    accuracy = reading_accuracy(model, z0, instruments, instruments, lambda c, n: f"a happy march played on the {c}")
+    return round(accuracy * len(instruments))
 
 
 def test_the_shipped_weights_load_offline_and_generate(shipped):
