@@ -163,6 +163,17 @@ def _parse_one(text: str, spec: str, table: LayerTable) -> set[tuple[str, int]]:
     return {(kind, layer) for kind in chosen_kinds for layer in layers}
 
 
+def band_by_depth(blocks: int) -> str:
+    """The paper's AudioLDM 2 band (self-attention positions 8-14 of 16: depth 7/16 to 14/16) at the same
+    depth of a stack of `blocks` identical DiT blocks. A guess by depth, not a measurement.
+
+    Examples:
+        >>> band_by_depth(16), band_by_depth(24), band_by_depth(12), band_by_depth(6)
+        ('self:8-14', 'self:11-21', 'self:6-10', 'self:3-5')
+    """
+    return f"self:{blocks * 7 // 16 + 1}-{max(1, round(blocks * 14 / 16))}"
+
+
 def layer_names(modules: list[ModuleInfo]) -> list[str]:
     """The modules by the layer-spec language's names: "self:8", or "self:8/<alias>" where a layer holds several."""
     return typed_names([(m.kind, m.layer, m.alias) for m in modules])

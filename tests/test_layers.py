@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from probing.errors import MelodiaError
-from probing.layers import LayerTable, measure_layer_table
+from probing.layers import LayerTable, band_by_depth, measure_layer_table
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +53,12 @@ def test_bad_specs_name_the_valid_range(table, spec, message):
 def test_the_table_round_trips_through_json(table):
     assert LayerTable.from_json(table.to_json()) == table
     assert "16 layers, 32 attention modules (16 self, 16 cross)" in table.format()
+
+
+def test_band_by_depth_is_the_papers_band_at_the_same_depth():
+    """16 blocks: the paper's own 8-14; other depths keep 7/16 to 14/16 of the stack."""
+    assert band_by_depth(16) == "self:8-14"
+    for blocks in (2, 6, 12, 24, 48):
+        first, last = map(int, band_by_depth(blocks).removeprefix("self:").split("-"))
+        assert abs((first - 1) / blocks - 7 / 16) <= 1 / blocks and abs(last / blocks - 14 / 16) <= 0.5 / blocks + 1e-9
+        assert 1 <= first <= last <= blocks

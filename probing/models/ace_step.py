@@ -41,6 +41,7 @@ from diffusers.models.embeddings import apply_rotary_emb
 from diffusers.models.transformers.ace_step_transformer import _create_4d_mask
 
 from probing.errors import MelodiaError
+from probing.layers import band_by_depth
 from probing.models.base import Conditioning
 from probing.models.flow import FlowModel
 from probing.models.family import Family
@@ -66,15 +67,18 @@ class AceStepConditioning(Conditioning):
 class AceStepModel(FlowModel):
     """ACE-Step 1.5 text2music: empty lyrics, no reference audio, no metadata (the pipeline's defaults).
 
-    `default_edit_layers` = "self:11-21": the paper's AudioLDM 2 band (positions 8-14 of 16, depth 7/16 to
-    14/16) mapped to the same depth of 24 isotropic blocks (layers 11-21: 6 sliding-window and 5 full
+    `default_edit_layers` = "self:11-21" (`band_by_depth`): the paper's AudioLDM 2 band (positions 8-14 of 16,
+    depth 7/16 to 14/16) mapped to the same depth of 24 isotropic blocks (layers 11-21: 6 sliding-window and 5 full
     self-attentions). A guess by depth, not a measurement on ACE-Step: probe and pass --layers auto.
     """
 
     family = FAMILY.name
     pipeline_classes = FAMILY.pipelines
     pads_context_per_batch = True  # text + lyrics + timbre, packed and padded to a batch's longest
-    default_edit_layers = "self:11-21"
+
+    @property
+    def default_edit_layers(self) -> str:  # type: ignore[override]  # by depth, see the class docstring
+        return band_by_depth(int(self.denoiser.config.num_hidden_layers))
 
     def __init__(self, pipeline: DiffusionPipeline, name: str, clip_seconds: float | None = None):
         super().__init__(pipeline, name)

@@ -33,6 +33,7 @@ from diffusers import DiffusionPipeline
 from diffusers.models.embeddings import apply_rotary_emb, get_1d_rotary_pos_embed
 
 from probing.errors import MelodiaError
+from probing.layers import band_by_depth
 from probing.models.base import Conditioning
 from probing.models.flow import FlowModel
 from probing.models.family import Family
@@ -67,8 +68,7 @@ class StableAudioModel(FlowModel):
 
     @property
     def default_edit_layers(self) -> str:  # type: ignore[override]  # by depth, see the class docstring
-        blocks = int(self.denoiser.config.num_layers)
-        return f"self:{blocks * 7 // 16 + 1}-{max(1, round(blocks * 14 / 16))}"
+        return band_by_depth(int(self.denoiser.config.num_layers))
 
     @property
     def sample_rate(self) -> int:

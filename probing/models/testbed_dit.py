@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from probing.layers import band_by_depth
 from probing.models.base import Conditioning
 from probing.models.flow import FlowModel
 from probing.models.longcat import AudioDiTAttentionGeometry
@@ -32,8 +33,12 @@ class TestbedDiTModel(TestbedAudio, AudioDiTAttentionGeometry, FlowModel):
     __test__ = False  # not a pytest test class, despite the name
     family = FAMILY.name
     pipeline_classes = FAMILY.pipelines
-    default_edit_layers = "self:6-10"  # the later-middle blocks, as AudioLDM 2's 8-14 of 16
     word_aligned_keys = True  # keys: the T5 states of the prompt's word tokens, then </s> and padding
+
+    @property
+    def default_edit_layers(self) -> str:  # type: ignore[override]
+        """The later-middle blocks, as AudioLDM 2's 8-14 of 16 (`band_by_depth`): self:6-10 of 12 blocks."""
+        return band_by_depth(int(self.denoiser.config.dit_depth))
 
     @property
     def latent_shape(self) -> tuple[int, int]:
