@@ -156,9 +156,10 @@ LOSS_LABELS = {"unet": "min-SNR weighted eps MSE", "dit": "rectified-flow veloci
 
 
 def plot_loss(run: Path, path: Path) -> None:
-    """The training run's loss curve; the y label names the objective of the run's architecture."""
-    state = run / "checkpoint" / "state.json"
-    arch = json.loads(state.read_text()).get("arch", "unet") if state.exists() else "unet"
+    """The training run's loss curve; the labels name the objective of the run's architecture and its batch."""
+    state_path = run / "checkpoint" / "state.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() else {}
+    arch, batch = state.get("arch", "unet"), state.get("recipe", {}).get("batch", 32)
     plt = pyplot()
     with (run / "loss.csv").open() as f:
         rows = [(int(r["step"]), float(r["loss"])) for r in csv.DictReader(f)]
@@ -168,7 +169,7 @@ def plot_loss(run: Path, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot(steps, losses, alpha=0.3, label="batch loss")
     ax.plot(steps[window - 1:], smooth, label=f"mean of {window}")
-    ax.set_xlabel("step (batch 32)")
+    ax.set_xlabel(f"step (batch {batch})")
     ax.set_ylabel(LOSS_LABELS[arch])
     ax.set_yscale("log")
     ax.legend()

@@ -32,7 +32,7 @@ def editor(untrained_testbed) -> Melodia:
 # Every kind of model: the UNet testbed (DDIM inversion), the DiT testbed (flow ODE inversion) and Stable
 # Audio Open (its EDM ODE in sigma, inverted with fixed-point refinement).
 KINDS = pytest.mark.parametrize("kind", [("untrained_testbed", "ddim", "self:8-14", 7),
-                                         ("untrained_testbed_dit", "inversion", "self:6-10", 5),
+                                         ("untrained_testbed_dit", "inversion", "self:3-5", 3),
                                          ("tiny_stable_audio", "inversion", "self:1-2", 2)],
                                 ids=["ddim", "flow", "edm"])
 

@@ -12,7 +12,7 @@ PROMPT = "a sad waltz played on violin"
 
 def test_one_layer_per_dit_block_of_self_then_cross_attention(untrained_testbed_dit):
     table = measure_layer_table(untrained_testbed_dit)
-    assert table.n_layers == 12 and table.counts() == {"self": 12, "cross": 12}
+    assert table.n_layers == 6 and table.counts() == {"self": 6, "cross": 6}
     first, second = table.modules[:2]
     assert (first.path, first.kind, first.layer) == ("blocks.0.self_attn", "self", 1)
     assert (second.path, second.kind, second.layer) == ("blocks.0.cross_attn", "cross", 1)

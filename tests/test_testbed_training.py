@@ -207,3 +207,16 @@ def test_the_reports_clip_rows_pair_each_prompt_with_what_was_heard(tmp_path):
     assert [r["instrument"] for r in rows] == [i["instrument"] for i in items]
     assert [r["template"] for r in rows] == [str(i["template"]) for i in items]
     assert [r["heard_instrument"] for r in rows] == heard["instrument"] and rows[2]["heard_mood"] == "dark"
+
+
+def test_the_reports_loss_curve_names_the_runs_objective_and_batch(tmp_path, monkeypatch):
+    from editing import testbed_report
+
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "state.json").write_text(json.dumps({"arch": "dit", "recipe": {"batch": 16}}))
+    (tmp_path / "loss.csv").write_text("step,loss,wall_s\n1,2.0,1.0\n2,1.5,2.0\n3,1.2,3.0\n")
+    figures = []
+    monkeypatch.setattr(testbed_report, "write_figure", lambda fig, path: figures.append(fig))
+    testbed_report.plot_loss(tmp_path, tmp_path / "loss.png")
+    ax = figures[0].axes[0]
+    assert ax.get_xlabel() == "step (batch 16)" and ax.get_ylabel() == testbed_report.LOSS_LABELS["dit"]

@@ -18,7 +18,7 @@ model, timings, seam report); --plot adds source/edited spectrograms side by sid
 than the model's window is edited in windows overlapping by 25 %, joined by crossfades.
 
 layers: auto (with --profile: the band the profile selects; else the model's documented default,
-        AudioLDM 2 and the testbed: self:8-14, testbed-dit: self:6-10, Stable Audio Open and
+        AudioLDM 2 and the testbed: self:8-14, testbed-dit: self:3-5, Stable Audio Open and
         ACE-Step: self:11-21),
         a layer spec (self:8-14, self:10-12, up, ...; see `melodia layers`), or none
 method: melodia (injection)
