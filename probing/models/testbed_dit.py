@@ -37,7 +37,7 @@ class TestbedDiTModel(TestbedAudio, AudioDiTAttentionGeometry, FlowModel):
 
     @property
     def default_edit_layers(self) -> str:  # type: ignore[override]
-        """The later-middle blocks, as AudioLDM 2's 8-14 of 16 (`band_by_depth`): self:6-10 of 12 blocks."""
+        """The later-middle blocks, as AudioLDM 2's 8-14 of 16 (`band_by_depth`): self:3-5 of 6 blocks."""
         return band_by_depth(int(self.denoiser.config.dit_depth))
 
     @property

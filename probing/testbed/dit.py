@@ -29,7 +29,7 @@ from probing.testbed.codec import MelCodec
 from probing.testbed.pipeline import TestbedTextAudio
 
 # LongCat-AudioDiT's block at testbed size: 6 blocks (layers), width 256, 8 heads of 32. Width 256 holds a
-# whole token (4 frames x 64 mels); v1's width 128 could not, and kept the noise (docs/flow-models.md).
+# whole token (4 frames x 64 mels); v1 (width 128, 12 blocks) was narrower and kept the noise (docs/flow-models.md).
 DIT_CONFIG = dict(dit_dim=256, dit_depth=6, dit_heads=8, dit_text_dim=TEXT_DIM, dropout=0.0, bias=True,
                   cross_attn=True, adaln_type="global", adaln_use_text_cond=True, long_skip=True, text_conv=False,
                   qk_norm=True, cross_attn_norm=False, use_latent_condition=False, ff_mult=2.0)
