@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from editing.inversion import noise_estimate
-from probing.models.base import DiffusionModel
+from probing.models.base import Conditioning, DiffusionModel
 from probing.models.flow import FlowModel
 
 SIGMAS = (0.05, 0.2, 0.5)
@@ -39,14 +39,12 @@ def _ddpm_timestep(model: DiffusionModel, sigma: float) -> int:
 
 
 @torch.no_grad()
-def clean_estimates(model: DiffusionModel, z0: torch.Tensor, noise: torch.Tensor, prompts: Sequence[str] | object,
+def clean_estimates(model: DiffusionModel, z0: torch.Tensor, noise: torch.Tensor, cond: Conditioning,
                     sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
     """(the denoiser's clean estimate, the noisy input read as clean) for `z0` noised by `noise` to `sigma`.
 
-    `z0`, `noise` and `prompts` share the batch; the prompts condition without guidance. `prompts` may
-    also be their encoding (`model.encode_prompt(prompts, 1.0)`), to encode once for many calls.
+    `z0`, `noise` and `cond` (`model.encode_prompt(prompts, 1.0)`: no guidance) share the batch.
     """
-    cond = model.encode_prompt(list(prompts), 1.0) if isinstance(prompts, (list, tuple)) else prompts
     if isinstance(model, FlowModel):
         xt = model.noised(z0, noise, sigma)
         velocity = model.predict_noise(xt, model.timestep_for(sigma), cond, 1.0)
@@ -65,9 +63,9 @@ def _noise(z0: torch.Tensor, seed: int) -> torch.Tensor:
 def denoising_error(model: DiffusionModel, z0: torch.Tensor, prompts: Sequence[str],
                     sigmas: Sequence[float] = SIGMAS, seed: int = 0) -> dict[float, float]:
     """Per flow sigma: RMS error of the one-step clean estimate / RMS error of the noisy input read as clean."""
-    out = {}
+    cond, out = model.encode_prompt(list(prompts), 1.0), {}
     for n, sigma in enumerate(sigmas):
-        estimate, naive = clean_estimates(model, z0, _noise(z0, seed + n), prompts, sigma)
+        estimate, naive = clean_estimates(model, z0, _noise(z0, seed + n), cond, sigma)
         out[float(sigma)] = float((estimate - z0).pow(2).mean().sqrt() / (naive - z0).pow(2).mean().sqrt())
     return out
 
@@ -78,7 +76,7 @@ def prompt_reading(model: DiffusionModel, z0: torch.Tensor, candidates: Sequence
 
     `candidates[i]` are clip i's prompts (the same number for every clip); every candidate sees the same noise.
     """
-    encoded: dict[tuple[str, ...], object] = {}
+    encoded: dict[tuple[str, ...], Conditioning] = {}
     picks = []
     for i, prompts in enumerate(candidates):
         key = tuple(prompts)
