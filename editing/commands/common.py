@@ -28,7 +28,8 @@ REFINE_HELP = ("fixed-point iterations per inversion step (melodia, inversion/dd
 
 def add_model_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, metavar="M",
-                        help=f"testbed (default, shipped UNet), testbed-dit (shipped flow-matching DiT), "
+                        help="testbed (default, shipped UNet v1), testbed-v2 (shipped UNet v2: finer attention, "
+                             "follows its prompts better), testbed-dit (shipped flow-matching DiT), "
                              f"{', '.join(TINY_NAMES)} (random weights, offline), a local pipeline folder, or a "
                              "Hugging Face id such as cvssp/audioldm2-music")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")

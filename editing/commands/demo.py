@@ -4,6 +4,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from editing.commands.common import add_output_argument, formatter, print_json
+from probing.models import SHIPPED_NAMES
 
 HELP = """Synthesize a melody, edit it to another instrument with the testbed, and compare with the ideal.
 
@@ -21,8 +22,8 @@ examples:
 
 def add_parser(sub) -> None:
     parser = sub.add_parser("demo", help="synth -> edit -> compare, on the testbed", **formatter(HELP))
-    parser.add_argument("--model", default="testbed", choices=["testbed", "testbed-dit"],
-                        help="the UNet testbed (default) or the flow-matching DiT testbed")
+    parser.add_argument("--model", default="testbed", choices=SHIPPED_NAMES,
+                        help="the UNet testbed (default), its v2 (finer attention, slower) or the flow-matching DiT")
     parser.add_argument("--source", default="piano", help="source instrument")
     parser.add_argument("--target", default="violin", help="target instrument")
     parser.add_argument("--style", default="waltz")

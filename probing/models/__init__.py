@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from probing.models.base import DiffusionModel
 
 DEFAULT_MODEL = "testbed"
-SHIPPED_NAMES = ("testbed", "testbed-dit")
+SHIPPED_NAMES = ("testbed", "testbed-v2", "testbed-dit")
 # Every family declares itself in its own file (probing.models.registry reads the declarations
 # without importing them, so `melodia --help` loads no torch); a family module is imported on first use.
 ADAPTERS = {pipeline: f"{module_path(name)}:{family.adapter}" for name, family in families().items()
@@ -90,13 +90,12 @@ def _load_pipeline(source: str | Path, name: str, dtype: torch.dtype):
 
 
 def _source_for(name: str) -> Path | str:
-    if name in ("testbed", "testbed-dit"):
+    if name in SHIPPED_NAMES:
         from probing.testbed.build import testbed_weights_dir
-        from probing.testbed.dit import testbed_dit_weights_dir
 
-        folder = testbed_weights_dir() if name == "testbed" else testbed_dit_weights_dir()
+        folder = testbed_weights_dir(name)
         if not (folder / "model_index.json").exists():
-            arch = "unet" if name == "testbed" else "dit"
+            arch = "dit" if name.endswith("-dit") else "unet"
             raise MelodiaError(f"the {name} weights are missing from {folder}; reinstall melodia or train them "
                                f"with python -m probing.testbed.train --arch {arch} --out {folder}")
         return folder

@@ -48,9 +48,17 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.
                         prediction_type="v_prediction")
 
 
-def testbed_weights_dir() -> Path:
-    """Folder of the shipped, trained testbed pipeline (model_index.json + components)."""
-    return package_root() / "testbed" / "weights"
+# The shipped, trained testbeds: model name -> weights folder inside probing/testbed/.
+SHIPPED_WEIGHTS = {"testbed": "weights", "testbed-v2": "weights_v2", "testbed-dit": "weights_dit"}
+
+
+def testbed_weights_dir(name: str = "testbed") -> Path:
+    """Folder of a shipped, trained testbed pipeline (model_index.json + components).
+
+    >>> testbed_weights_dir("testbed-v2").name
+    'weights_v2'
+    """
+    return package_root() / "testbed" / SHIPPED_WEIGHTS[name]
 
 
 def build_tokenizer(words: Iterable[str]) -> PreTrainedTokenizerFast:

@@ -7,7 +7,7 @@ with `FlowMatchEulerDiscreteScheduler` from sigma 1 (noise) to 0 like LongCat's 
 latent is the codec's (16, 64, 16) latent as a sequence: 64 time tokens of 16 x 16 = 256 values.
 
 Examples:
-    >>> pipe = TestbedDiTPipeline.from_pretrained(testbed_dit_weights_dir())
+    >>> pipe = TestbedDiTPipeline.from_pretrained(testbed_weights_dir("testbed-dit"))
     >>> audio = pipe("a sad waltz played on violin", num_inference_steps=25).audios[0]
     >>> audio.shape
     (65536,)
@@ -15,7 +15,6 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -23,7 +22,6 @@ from diffusers import FlowMatchEulerDiscreteScheduler, LongCatAudioDiTTransforme
 from diffusers.pipelines.pipeline_utils import AudioPipelineOutput
 from transformers import PreTrainedTokenizerFast, T5EncoderModel
 
-from probing.paths import package_root
 from probing.testbed.build import TEXT_DIM, build_text_encoder, build_tokenizer
 from probing.testbed.codec import MelCodec
 from probing.testbed.pipeline import TestbedTextAudio
@@ -34,11 +32,6 @@ DIT_CONFIG = dict(dit_dim=256, dit_depth=6, dit_heads=8, dit_text_dim=TEXT_DIM, 
                   cross_attn=True, adaln_type="global", adaln_use_text_cond=True, long_skip=True, text_conv=False,
                   qk_norm=True, cross_attn_norm=False, use_latent_condition=False, ff_mult=2.0)
 SCHEDULER_CONFIG = dict(num_train_timesteps=1000, shift=1.0)
-
-
-def testbed_dit_weights_dir() -> Path:
-    """Folder of the shipped, trained DiT testbed pipeline."""
-    return package_root() / "testbed" / "weights_dit"
 
 
 def sigma_schedule(steps: int) -> list[float]:
