@@ -1,15 +1,17 @@
-"""Does injection keep the source because of the source's own Q/K? Own vs none, vs another clip's, vs mirrored times.
+"""Does injection keep the source because of the source's own Q/K? Own vs none, another clip's, mirrored times, flat.
 
     python benchmarks/injection_specificity.py --model testbed-dit --t-start 1.0 --limit 16
     python benchmarks/injection_specificity.py --model testbed --model testbed-dit --t-start 0.6 --t-start 1.0
 
 For each model and t_start, the first --limit timbre edits of the manifest (synthesizer sources, their
 target prompts), each denoised from the same inverted latent with no injection, the source's own Q/K,
-the own Q/K at the mirrored timesteps, and the Q/K of the next item's source at the same timesteps
-(editing/injection_control.py). Prints each control's mean chroma to the source and latent distance,
-then the paired differences own - none, own - foreign and own - reversed with 95 % bootstrap intervals
-over items. `none` is the baseline: the same edit without injection. `--rows FILE` writes the per-item
-rows as CSV.
+the own Q/K at the mirrored timesteps, the Q/K of the next item's source at the same timesteps, and
+flat attention (zero queries: every row uniform, no routing) (editing/injection_control.py). Prints each
+control's mean chroma to the source, latent distance to the source and shift from the `none` edit, then
+the paired differences own - none, own - foreign, own - reversed and flat - none with 95 % bootstrap
+intervals over items. `none` is the baseline: the same edit without injection. `flat - none` is how much
+the model's output depends on where its self-attention routes at all: a model that hardly depends on
+it gives injection nothing to act through. `--rows FILE` writes the per-item rows as CSV.
 Any model melodia loads: `--model cvssp/audioldm2-music` asks the same of AudioLDM 2.
 """
 from __future__ import annotations
@@ -29,10 +31,10 @@ from probing.models import load_model  # noqa: E402
 
 def report(label: str, rows: list[dict]) -> None:
     print(f"\n{label}: {len(rows)} items")
-    print("| control | chroma to source | latent distance |\n|---|---|---|")
+    print("| control | chroma to source | latent distance | shift from none |\n|---|---|---|---|")
     for control in CONTROLS:
-        print(f"| {control} | {np.mean([r[control] for r in rows]):.3f} | "
-              f"{np.mean([r[control + '_distance'] for r in rows]):.3f} |")
+        means = [np.mean([r[control + suffix] for r in rows]) for suffix in ("", "_distance", "_shift")]
+        print(f"| {control} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     print("\n| paired | metric | mean [95 % CI] |\n|---|---|---|")
     for d in specificity_differences(rows):
         print(f"| {d['pair']} | {d['metric']} | {d['mean']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |")

@@ -1,18 +1,22 @@
 """Does an edit keep its source *because of the source's own* Q/K? The injection specificity control.
 
 Per source: invert it to `t_start` (recording its self-attention Q/K), then denoise the target prompt
-from the same inverted latent four ways, which differ only in the Q/K the chosen layers are fed:
+from the same inverted latent five ways, which differ only in the Q/K the chosen layers are fed:
 
 - `none`: no injection (the edit's own Q/K), the baseline;
 - `own`: the source's Q/K of the same timestep (Melodia);
 - `reversed`: the source's Q/K, served at the mirrored timestep (the first denoising step gets the Q/K
   recorded nearest the clean end, and so on): the right clip, the wrong times;
 - `foreign`: the Q/K another source (the next in the list) recorded at the same timestep: the right
-  times, the wrong clip.
+  times, the wrong clip;
+- `flat`: zero queries with the source's keys, so every attention row is uniform (each query averages
+  every value): no routing at all. How far `flat` moves the edit from `none` is how much the model's
+  output depends on where its self-attention routes, the most any injected pattern could move it.
 
-Each edit is scored by chroma similarity to its source and by its latent distance to the source's latent
-(relative to the source latent's norm). If injection carries the source's structure, `own` keeps more
-than `none` and more than `foreign`; an injection switched off gives four identical edits.
+Each edit is scored by chroma similarity to its source, by its latent distance to the source's latent
+(relative to the source latent's norm) and by its shift: its latent distance to the `none` edit
+(relative to that edit's norm; 0 for `none`). If injection carries the source's structure, `own` keeps
+more than `none` and more than `foreign`; an injection switched off gives five identical edits.
 
 Examples:
     >>> rows = specificity_rows(model, sources, prompts, t_start=1.0)
@@ -35,9 +39,10 @@ from editing.metrics.spectral import chroma_similarity
 from editing.repository import AttentionRepository
 from probing.errors import MelodiaError
 
-CONTROLS = ("none", "own", "reversed", "foreign")
-PAIRS = (("own", "none"), ("own", "foreign"), ("own", "reversed"))
-METRICS = ("chroma", "distance")
+CONTROLS = ("none", "own", "reversed", "foreign", "flat")
+PAIRS = (("own", "none"), ("own", "foreign"), ("own", "reversed"), ("flat", "none"))
+METRICS = ("chroma", "distance", "shift")
+SUFFIXES = {"chroma": "", "distance": "_distance", "shift": "_shift"}
 
 
 class MirroredTimesteps:
@@ -51,12 +56,23 @@ class MirroredTimesteps:
         return self.repository.get(self.mirror[timestep], path)
 
 
+class FlatQueries:
+    """A read-only view of a repository that serves zero queries with its keys: every attention row uniform."""
+
+    def __init__(self, repository: AttentionRepository):
+        self.repository = repository
+
+    def get(self, timestep: float, path: str) -> tuple[torch.Tensor, torch.Tensor]:
+        query, key = self.repository.get(timestep, path)
+        return torch.zeros_like(query), key
+
+
 def specificity_rows(model, sources: Sequence[np.ndarray], prompts: Sequence[str], t_start: float, steps: int = 25,
                      guidance: float = 3.5, layers: str = "self:*", progress: bool = True) -> list[dict]:
-    """One row per source: chroma similarity to the source (`<control>`) and relative latent distance to its
-    latent (`<control>_distance`) for every control in CONTROLS. `sources` are mono waveforms at the
-    model's rate; `prompts[i]` is the target of `sources[i]`; the `foreign` Q/K of source i are those of
-    source i + 1 (cyclically), so at least two sources are needed."""
+    """One row per source: chroma similarity to the source (`<control>`), relative latent distance to its
+    latent (`<control>_distance`) and to the `none` edit (`<control>_shift`) for every control in CONTROLS.
+    `sources` are mono waveforms at the model's rate; `prompts[i]` is the target of `sources[i]`; the
+    `foreign` Q/K of source i are those of source i + 1 (cyclically), so at least two sources are needed."""
     if len(sources) < 2 or len(sources) != len(prompts):
         raise MelodiaError(f"the specificity control needs two or more sources with one prompt each; got "
                            f"{len(sources)} sources and {len(prompts)} prompts")
@@ -80,7 +96,8 @@ def specificity_rows(model, sources: Sequence[np.ndarray], prompts: Sequence[str
             (zt, own), (_, foreign) = current, following
             target = model.encode_prompt([prompts[i]], guidance)
             edits = {"none": sample(model, zt, target, steps, t_start, guidance=guidance)}
-            for control, repository in (("own", own), ("reversed", MirroredTimesteps(own)), ("foreign", foreign)):
+            for control, repository in (("own", own), ("reversed", MirroredTimesteps(own)), ("foreign", foreign),
+                                        ("flat", FlatQueries(own))):
                 with inject_source_qk(model, modules, repository):
                     edits[control] = sample(model, zt, target, steps, t_start, guidance=guidance)
             if current is not first:
@@ -91,6 +108,7 @@ def specificity_rows(model, sources: Sequence[np.ndarray], prompts: Sequence[str
             for control, z in edits.items():
                 row[control] = chroma_similarity(wave, model.decode(z)[: len(wave)], model.sample_rate)
                 row[f"{control}_distance"] = float((z - z0).norm() / z0.norm())
+                row[f"{control}_shift"] = float((z - edits["none"]).norm() / edits["none"].norm())
             rows.append(row)
     finally:  # closing twice is harmless
         for _, repository in (first, current, following):
@@ -100,12 +118,12 @@ def specificity_rows(model, sources: Sequence[np.ndarray], prompts: Sequence[str
 
 def specificity_differences(rows: Sequence[dict], resamples: int = 2000, seed: int = 0) -> list[dict]:
     """Paired over sources, for each pair in PAIRS and each metric: n, mean of (first - second) and its 95 %
-    bootstrap interval. For `distance` a negative difference means closer to the source."""
+    bootstrap interval. For `distance` a negative difference means closer to the source; for `shift` against
+    `none` the difference is the first control's shift itself."""
     rng = np.random.default_rng(seed)
     out = []
     for first, second in PAIRS:
         for metric in METRICS:
-            suffix = "" if metric == "chroma" else "_distance"
-            diffs = [row[first + suffix] - row[second + suffix] for row in rows]
+            diffs = [row[first + SUFFIXES[metric]] - row[second + SUFFIXES[metric]] for row in rows]
             out.append({"pair": f"{first} - {second}", "metric": metric, **bootstrap_mean(diffs, rng, resamples)})
     return out
