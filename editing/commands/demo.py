@@ -16,6 +16,7 @@ metrics.json, and prints the metrics.
 examples:
   melodia demo
   melodia demo --source piano --target violin --style waltz --mood happy --seed 3 -o demo/
+  melodia demo --model testbed-v2 -o demo-v2/                  # the UNet v2: crisper edits
   melodia demo --model testbed-dit --steps 25 -o demo-dit/      # the flow-matching DiT testbed
 """
 
