@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
-from editing.injection_control import CONTROLS, specificity_differences, specificity_rows  # noqa: E402
+from editing.injection_control import CONTROLS, SUFFIXES, specificity_differences, specificity_rows  # noqa: E402
 from editing.manifests import load_manifest  # noqa: E402
 from probing.models import load_model  # noqa: E402
 
@@ -33,7 +33,7 @@ def report(label: str, rows: list[dict]) -> None:
     print(f"\n{label}: {len(rows)} items")
     print("| control | chroma to source | latent distance | shift from none |\n|---|---|---|---|")
     for control in CONTROLS:
-        means = [np.mean([r[control + suffix] for r in rows]) for suffix in ("", "_distance", "_shift")]
+        means = [np.mean([r[control + suffix] for r in rows]) for suffix in SUFFIXES.values()]
         print(f"| {control} | " + " | ".join(f"{m:.3f}" for m in means) + " |")
     print("\n| paired | metric | mean [95 % CI] |\n|---|---|---|")
     for d in specificity_differences(rows):

@@ -14,6 +14,9 @@ from contextlib import contextmanager
 from pathlib import Path
 
 _PACKAGE_ROOT = Path(__file__).resolve().parent
+# The shipped, trained testbeds: model name -> weights folder inside probing/testbed/ (probing.models lists
+# these names, probing.testbed.build.testbed_weights_dir resolves them).
+SHIPPED_WEIGHTS = {"testbed": "weights", "testbed-v2": "weights_v2", "testbed-dit": "weights_dit"}
 
 
 def datasets_dir() -> Path:

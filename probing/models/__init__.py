@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from probing.errors import MelodiaError
 from probing.hub import hub_offline
+from probing.paths import SHIPPED_WEIGHTS
 from probing.models.registry import families, module_path, tiny_names
 
 if TYPE_CHECKING:
@@ -26,7 +27,7 @@ if TYPE_CHECKING:
     from probing.models.base import DiffusionModel
 
 DEFAULT_MODEL = "testbed"
-SHIPPED_NAMES = ("testbed", "testbed-v2", "testbed-dit")
+SHIPPED_NAMES = tuple(SHIPPED_WEIGHTS)
 # Every family declares itself in its own file (probing.models.registry reads the declarations
 # without importing them, so `melodia --help` loads no torch); a family module is imported on first use.
 ADAPTERS = {pipeline: f"{module_path(name)}:{family.adapter}" for name, family in families().items()

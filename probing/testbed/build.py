@@ -16,7 +16,7 @@ from tokenizers import Tokenizer, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordLevel
 from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
 
-from probing.paths import package_root
+from probing.paths import SHIPPED_WEIGHTS, package_root
 from probing.testbed.codec import MelCodec
 from probing.testbed.pipeline import TestbedPipeline
 
@@ -48,12 +48,8 @@ SCHEDULER_CONFIG = dict(num_train_timesteps=1000, beta_start=0.0015, beta_end=0.
                         prediction_type="v_prediction")
 
 
-# The shipped, trained testbeds: model name -> weights folder inside probing/testbed/.
-SHIPPED_WEIGHTS = {"testbed": "weights", "testbed-v2": "weights_v2", "testbed-dit": "weights_dit"}
-
-
 def testbed_weights_dir(name: str = "testbed") -> Path:
-    """Folder of a shipped, trained testbed pipeline (model_index.json + components).
+    """Folder of a shipped, trained testbed pipeline (model_index.json + components; names: SHIPPED_WEIGHTS).
 
     >>> testbed_weights_dir("testbed-v2").name
     'weights_v2'
