@@ -9,9 +9,12 @@ intervention with a control arm (the same start trained on two datasets), or any
     python -m editing.bench_compare results/ft-aaba results/ft-walk
 
 Examples:
-    >>> rows = effect_differences(read_rows("results/a"), read_rows("results/b"))
-    >>> rows[0]["condition"], rows[0]["metric"], rows[0]["mean"]
-    ('all@t_start=0.6', 'chroma', 0.008)
+    >>> a = [{"item": i, "category": "timbre", "condition": c, "chroma": v}   # run A: all - none is +0.25, +0.125
+    ...      for i, c, v in [("x", "none", 0.5), ("x", "all", 0.75), ("y", "none", 0.5), ("y", "all", 0.625)]]
+    >>> b = [dict(row, chroma=0.5) for row in a]                              # run B: no effect
+    >>> effect_differences(a, b)[0]
+    {'group': 'all', 'condition': 'all', 'reference': 'none', 'metric': 'chroma', 'n': 2, 'mean': 0.1875, ...}
+    >>> effect_differences(read_rows("results/a"), read_rows("results/b"))   # two runs' rows.csv  # doctest: +SKIP
 """
 from __future__ import annotations
 

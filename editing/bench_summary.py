@@ -138,8 +138,9 @@ def item_differences(rows: list[dict], reference: str | None = None) -> dict[tup
     """Per (condition, its reference, metric): {item: condition - reference} over the items both have (finite);
     {} without a reference. The reference is the first of REFERENCES the run has (in a sweep: at the same setting).
 
-    >>> item_differences(rows)["all", "none", "chroma"]["timbre-00-piano-to-clarinet"]
-    0.012
+    >>> rows = [{"item": "x", "category": "timbre", "condition": c, "chroma": v} for c, v in [("none", "0.5"), ("all", "0.75")]]
+    >>> item_differences(rows)["all", "none", "chroma"]
+    {'x': 0.25}
     """
     conditions = list(dict.fromkeys(row["condition"] for row in rows))
     bases = list(dict.fromkeys(base_condition(c) for c in conditions))
@@ -179,8 +180,10 @@ def paired_differences(rows: list[dict], reference: str | None = None, resamples
     """Per group (all, each category), condition and metric: mean of (condition - reference) over the
     items both have, with a 95 % percentile bootstrap interval over items; [] without a reference.
 
+    >>> rows = [{"item": i, "category": "timbre", "condition": c, "chroma": v}
+    ...         for i, c, v in [("x", "none", 0.5), ("x", "all", 0.75), ("y", "none", 0.5), ("y", "all", 0.625)]]
     >>> paired_differences(rows)[0]
-    {'group': 'all', 'condition': 'all', 'reference': 'none', 'metric': 'chroma', 'n': 64, 'mean': 0.013, ...}
+    {'group': 'all', 'condition': 'all', 'reference': 'none', 'metric': 'chroma', 'n': 2, 'mean': 0.1875, ...}
     """
     differences = item_differences(rows, reference)
     categories = list(dict.fromkeys(row["category"] for row in rows))

@@ -8,9 +8,13 @@ the same adherence levels), with a paired bootstrap interval that resamples item
 for both methods (every condition edits the same items).
 
 Examples:
-    >>> curves = frontier_curves(rows, "adherence", "melody_raw_chroma")   # {"melodia": [(0.4, x, y), ...]}
+    >>> points = {"melodia": [(0.25, 0.75), (0.5, 0.5)], "ddim": [(0.25, 0.625), (0.5, 0.375)]}   # (x, y) per t_start
+    >>> rows = [{"item": i, "category": "timbre", "condition": f"{m}@t_start={t}", "adherence": x,
+    ...          "melody_raw_chroma": y} for i in "ab" for m, p in points.items() for t, (x, y) in zip((0.4, 0.8), p)]
+    >>> frontier_curves(rows, "adherence", "melody_raw_chroma")["melodia"]
+    [('t_start=0.4', 0.25, 0.75), ('t_start=0.8', 0.5, 0.5)]
     >>> matched_structure(rows, "adherence", "melody_raw_chroma")[0]
-    {'a': 'melodia', 'b': 'ddim', 'metric': 'melody_raw_chroma', 'gap': 0.05, 'ci_low': 0.01, ...}
+    {'a': 'melodia', 'b': 'ddim', 'x': 'adherence', 'metric': 'melody_raw_chroma', 'n': 2, 'gap': 0.125, ...}
 """
 from __future__ import annotations
 

@@ -19,9 +19,18 @@ Each edit is scored by chroma similarity to its source, by its latent distance t
 more than `none` and more than `foreign`; an injection switched off gives five identical edits.
 
 Examples:
-    >>> rows = specificity_rows(model, sources, prompts, t_start=1.0)
-    >>> [d for d in specificity_differences(rows) if d["pair"] == "own - none" and d["metric"] == "chroma"]
-    [{'pair': 'own - none', 'metric': 'chroma', 'n': 16, 'mean': 0.045, 'ci_low': 0.02, 'ci_high': 0.073}]
+    >>> from probing.models import load_model
+    >>> from probing.synth import render_clip
+    >>> sources = [render_clip(i, "waltz", "calm", score_seed=s) for s, i in enumerate(["piano", "harp"])]
+    >>> rows = specificity_rows(load_model("testbed"), sources, ["a calm waltz played on the violin"] * 2,
+    ...                         t_start=1.0, steps=4, progress=False)
+    >>> rows[0]["none_shift"], rows[0]["own_shift"] > 0                 # own Q/K move the edit off `none`
+    (0.0, True)
+    >>> [d["pair"] for d in specificity_differences(rows) if d["metric"] == "chroma"]
+    ['own - none', 'own - foreign', 'own - reversed', 'flat - none']
+
+Measured on 16 sources (benchmarks/injection_specificity.py): the DiT testbed v2 keeps +0.045 chroma
+[+0.020, +0.073] with its own Q/K over none at full inversion.
 """
 from __future__ import annotations
 

@@ -5,10 +5,12 @@ and writes each shard's prompts in one call; a killed run resumes from the store
 rank 0 consolidates the metadata once all prompts are in.
 
 Examples:
+    >>> from probing.models import load_model
+    >>> from probing.prompts import load_prompts
     >>> model = load_model("testbed")
-    >>> settings = CaptureSettings(layers="*", steps=10)
-    >>> store = capture(model, load_prompts("testbed-small.yaml"), "maps.zarr", settings)
-    >>> store.done_mask().all()
+    >>> settings = CaptureSettings(layers="*", steps=2)
+    >>> store = capture(model, load_prompts("testbed-small.yaml"), "maps.zarr", settings, progress=False)
+    >>> bool(store.done_mask().all())
     True
 """
 from __future__ import annotations

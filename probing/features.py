@@ -16,7 +16,8 @@ Several modules of one kind in a layer (AudioLDM 2 has two cross-attentions per 
 concatenated; ``word`` uses only the modules whose keys are the prompt's tokens.
 
 Examples:
-    >>> store = open_capture("maps.zarr")
+    >>> from probing.store import open_capture
+    >>> store = open_capture("maps.zarr")                     # a store written by melodia capture
     >>> features = layer_features(store)                         # every family available
     >>> [f.key for f in features[:4]]                            # word: one matrix per attribute
     ['self:1/flat', 'cross:1/flat', 'cross:1/word', 'cross:1/keys']

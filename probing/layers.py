@@ -7,6 +7,7 @@ forward execution order. Layer specs select modules: `8-14`, `self:8-14`, `cross
 the caller).
 
 Examples:
+    >>> from probing.models import load_model
     >>> table = measure_layer_table(load_model("testbed"))
     >>> [m.alias for m in table.select("self:8")]
     ['up0.a0.t0.attn1']

@@ -109,8 +109,10 @@ class ArraySpec:
 
     Examples:
         >>> spec = ArraySpec("down.attn1/self", (10, 64, 64), ("step", "query", "key"))
-        >>> spec.array_name, spec.inner_chunks
-        ('down.attn1--self', (1, 64, 64))
+        >>> spec.array_name, spec.inner_chunks                # one prompt's maps are one inner chunk
+        ('down.attn1--self', (10, 64, 64))
+        >>> ArraySpec("down.attn1/self", (10, 64, 64), ("step", "query", "key"), chunks=(1, 64, 64)).inner_chunks
+        (1, 64, 64)
     """
 
     name: str

@@ -1,9 +1,11 @@
 """What every metric module shares: audio at the metric's own rate, and the errors for metrics that cannot run.
 
 Examples:
-    >>> at_rate(wave_16k, 16000, 48000).shape               # float32 mono, resampled (soxr_hq)
+    >>> at_rate(np.zeros(64000), 16000, 48000).shape               # float32 mono, resampled (soxr_hq)
     (192000,)
     >>> raise MissingWeightsError("no LPAPS weights given: pass --lpaps FILE")   # a MetricUnavailableError
+    Traceback (most recent call last):
+    MissingWeightsError: no LPAPS weights given: pass --lpaps FILE
 """
 from __future__ import annotations
 

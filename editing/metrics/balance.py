@@ -8,7 +8,7 @@ to two decimals (tests/test_metrics.py), which ratio-to-best or raw values canno
 the table's zeros). The scores are relative: adding a method to the table changes the others.
 
 Examples:
-    >>> adherence_structure_balance(clap=[0.34, 0.34, 0.35, 0.42, 0.39], lpaps=[4.39, 2.65, 2.96, 3.49, 3.93])
+    >>> adherence_structure_balance(clap=[0.34, 0.34, 0.35, 0.42, 0.39], lpaps=[4.39, 2.65, 2.96, 3.49, 3.93]).round(3)
     array([0.   , 0.   , 0.217, 0.682, 0.372])
     >>> adherence_musicality_balance(clap=[0.34, 0.42], chroma=[0.5, 0.7])
     array([0., 1.])

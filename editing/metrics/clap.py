@@ -4,9 +4,11 @@ Reference: LAION-CLAP (Wu et al., "Large-scale contrastive language-audio pretra
 2023) through transformers' `ClapModel` + `ClapProcessor`; the "CLAP" column of the Melodia paper.
 
 Examples:
-    >>> clap = load_clap("laion/larger_clap_music")          # or a local save_pretrained folder
-    >>> clap.score([edited], 16000, ["a waltz played on the violin"])   # one cosine per pair
+    >>> clap = load_clap("laion/larger_clap_music")  # doctest: +SKIP
+    >>> clap.score([edited], 16000, ["a waltz played on the violin"])  # doctest: +SKIP
     array([0.31])
+
+(`load_clap` takes a hub id or a local save_pretrained folder; `score` gives one cosine per pair.)
 """
 from __future__ import annotations
 

@@ -10,9 +10,13 @@ this torch is a CUDA build (docs/install.md). It is exact on the testbed's monop
 melodies and less reliable on dense polyphony, where only the predominant line is followed.
 
 Examples:
-    >>> melody = melody_accuracy(source, edited, 16000)
+    >>> from probing.synth import render_clip
+    >>> source = render_clip("flute", "waltz", "calm", score_seed=0)        # 16 kHz
+    >>> melody = melody_accuracy(source, source, 16000)
     >>> melody.raw_pitch, melody.raw_chroma      # 1.0 = every voiced source frame kept its pitch
-    (0.91, 0.94)
+    (1.0, 1.0)
+    >>> melody_accuracy(source, render_clip("flute", "waltz", "calm", score_seed=1), 16000).raw_chroma < 0.3
+    True
 """
 from __future__ import annotations
 
@@ -69,6 +73,8 @@ def reference_contour(wave: np.ndarray, sr: int) -> Contour:
     """`pitch_contour` of a clip that is scored against many edits (a benchmark item's source and ideal edit),
     tracked once: remembered by the clip's content for the last REFERENCE_CACHE_SIZE clips.
 
+    >>> from probing.synth import render_clip
+    >>> source = render_clip("flute", "waltz", "calm", score_seed=0)
     >>> reference_contour(source, 16000) is reference_contour(source.copy(), 16000)   # same samples: tracked once
     True
     """

@@ -4,9 +4,13 @@ Both resample their inputs to 16 kHz first (the testbed's rate), so a score does
 the rate a file was written at; frames of the two clips are aligned by index (the shorter length).
 
 Examples:
-    >>> chroma_similarity(source, edited, 16000)      # melody/harmony kept? 1 = same pitch classes
-    0.83
-    >>> log_mel_distance(edited, ideal, 16000)         # how far from the ground-truth edit; 0 = same
+    >>> from probing.synth import render_clip
+    >>> source = render_clip("flute", "waltz", "calm", score_seed=0)        # 16 kHz
+    >>> ideal = render_clip("violin", "waltz", "calm", score_seed=0)         # the same tune on the violin
+    >>> round(chroma_similarity(source, source, 16000), 6)   # melody/harmony kept? 1 = same pitch classes
+    1.0
+    >>> log_mel_distance(source, source, 16000), log_mel_distance(source, ideal, 16000) > 0.5   # 0 = same
+    (0.0, True)
 """
 from __future__ import annotations
 

@@ -1,9 +1,12 @@
 """Score one edit with every metric that can run; a metric that cannot says why instead of a number.
 
 Examples:
-    >>> scores = score_edit(source, edited, 16000, "violin", lpaps="lpaps.pth", ideal=ideal)
+    >>> from probing.synth import render_clip
+    >>> source = render_clip("flute", "waltz", "calm", score_seed=0)        # 16 kHz
+    >>> ideal = render_clip("violin", "waltz", "calm", score_seed=0)         # the ideal edit, scored as one
+    >>> scores = score_edit(source, ideal, 16000, "violin", ideal=ideal)     # lpaps="lpaps.pth" with weights
     >>> scores["chroma"]
-    {'value': 0.84, 'higher_is_better': True, 'compares': 'source, edited'}
+    {'value': 0.9..., 'higher_is_better': True, 'compares': 'source, edited'}
     >>> scores["fad"]["unavailable"]
     'FAD compares two sets of clips (many edits): editing.metrics.frechet_audio_distance'
 """

@@ -7,9 +7,12 @@ ideal edit: the same score rendered with the target attributes (`melodia synth`)
 `log_mel_distance` and `chroma_similarity`.
 
 Examples:
-    >>> classifier_adherence([edited], 16000, "violin").probability     # P(violin) by the classifier
-    0.71
-    >>> ideal_edit_distance(edited, ideal, 16000)   # {'log_mel_distance': 1.2, 'chroma_similarity': 0.8}
+    >>> from probing.synth import render_clip
+    >>> ideal = render_clip("violin", "waltz", "calm", score_seed=0)         # the source's tune on the violin
+    >>> classifier_adherence([ideal], 16000, "violin").probability > 0.5    # P(violin) by the classifier
+    True
+    >>> ideal_edit_distance(ideal, ideal, 16000)
+    {'log_mel_distance': 0.0, 'chroma_similarity': 1.0...}
 """
 from __future__ import annotations
 

@@ -4,7 +4,10 @@ Examples:
     >>> model = load_model("tiny-audioldm2")          # offline, random weights
     >>> model.family
     'audioldm2'
-    >>> model = load_model(pipe)                      # a diffusers pipeline already in memory (a notebook's)
+
+A diffusers pipeline already in memory (a notebook's) loads the same way:
+
+    >>> model = load_model(pipe)  # doctest: +SKIP
 """
 from __future__ import annotations
 

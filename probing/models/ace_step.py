@@ -22,6 +22,7 @@ the pipeline does. Batch order: the pipeline stacks [cond, null]; melodia's batc
 learned null embedding first), which gives the same rows (the tests check it bit for bit).
 
 Examples:
+    >>> from probing.models import load_model
     >>> model = load_model("tiny-ace-step")
     >>> model.clip_seconds = 2.0
     >>> model.generate("a sad waltz on violin", steps=2, guidance=7.0, seed=0).shape

@@ -5,6 +5,7 @@ log-magnitude mel (n_fft = win = 1024, hop 160, 64 slaney bands 0-8000 Hz, ln(cl
 (B, 1, T, 64) -> VAE mode x scaling_factor; decoding goes VAE -> mel -> the pipeline's HiFi-GAN vocoder.
 
 Examples:
+    >>> from probing.models import load_model
     >>> model = load_model("tiny-audioldm2"); model.clip_seconds = 1.28
     >>> wave = model.generate("a sad waltz on violin", steps=3, guidance=3.0, seed=0)
     >>> wave.shape, model.encode_audio(wave).shape

@@ -199,6 +199,7 @@ class DiffusionModel(ABC):
         real token (special tokens included, padding not). None where the keys are not prompt tokens;
         (-1, -1) for a span the tokenizer cut off.
 
+        >>> from probing.models import load_model; model = load_model("testbed")
         >>> model.token_spans("a sad waltz on violin", {"instrument": (15, 21)})
         {'instrument': (4, 5), 'prompt': (0, 6)}
         """

@@ -14,6 +14,7 @@ Protocol decisions (see `LongCatModel`): the pipeline steps t from 0 (noise) to 
 batch [uncond, cond] (the pipeline makes two forwards, cond then uncond; see `LongCatModel`).
 
 Examples:
+    >>> from probing.models import load_model
     >>> model = load_model("tiny-longcat")
     >>> model.clip_seconds = 2.0
     >>> wave = model.generate("a sad waltz on violin", steps=2, guidance=3.0, seed=0)

@@ -17,6 +17,7 @@ pipeline's own sigmas (`flow_sigmas`, final 0), evaluated at the destination sig
 This is DDIM in the variance-exploding parametrisation (x = x0 + sigma eps, `noised`).
 
 Examples:
+    >>> from probing.models import load_model
     >>> model = load_model("tiny-stable-audio")
     >>> wave = model.generate("a sad waltz on violin", steps=3, guidance=3.0, seed=0)
     >>> wave.shape, model.encode_audio(wave).shape

@@ -41,6 +41,7 @@ Protocol decisions (see `probing.models.flow` for the convention every flow adap
   `stochastic_sampling` says which one the loaded scheduler runs.
 
 Examples:
+    >>> from probing.models import load_model
     >>> model = load_model("tiny-stable-audio-3")
     >>> model.clip_seconds = 1.0
     >>> wave = model.generate("a sad waltz on violin", steps=2, guidance=3.0, seed=0)

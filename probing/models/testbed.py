@@ -1,6 +1,7 @@
 """Adapter for melodia's own trained testbed (`--model testbed`), a `TestbedPipeline`.
 
 Examples:
+    >>> from probing.models import load_model
     >>> model = load_model("testbed")
     >>> wave = model.generate("a calm waltz played on the flute", steps=25, guidance=3.0, seed=0)
     >>> wave.shape, model.sample_rate

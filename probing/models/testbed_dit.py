@@ -5,6 +5,7 @@ the caption tokens); the attention geometry (RoPE, pre-split q/k norms, masks) i
 The denoiser's timestep is sigma itself (1 = noise), as in LongCat's pipeline.
 
 Examples:
+    >>> from probing.models import load_model
     >>> model = load_model("testbed-dit")
     >>> wave = model.generate("a calm waltz played on the flute", steps=25, guidance=3.0, seed=0)
     >>> wave.shape, model.sample_rate

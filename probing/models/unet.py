@@ -7,6 +7,7 @@ step of such models is not part of the pipeline, so `encode_audio`/`decode` rais
 Probing and capture (which need only the denoiser) work as for the audio families.
 
 Examples:
+    >>> from probing.models import load_model
     >>> model = load_model("tiny-unet")
     >>> image = model.generate("a sad waltz on violin", steps=3, guidance=3.0, seed=0)
     >>> image.shape, image.dtype
