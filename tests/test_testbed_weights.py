@@ -90,7 +90,7 @@ def prompted_instrument_hits(model: TestbedModel, steps: int = 10) -> int:
     return sum(v == item["instrument"] for v, item in zip(verdicts, items))
 
 
-ADHERENCE_HITS = 5  # of 16: 5x chance. Measured at 10 steps: v1 10/16, v2 15/16, random weights 0-1/16
+ADHERENCE_HITS = 5  # of 16: 5x chance. Measured at 10 steps: v1 10/16, v2 15/16 (at 5,956 steps; the 8,214-step weights pass too), random weights 0-1/16
 
 
 def test_the_shipped_testbed_plays_the_prompted_instrument(shipped, random_weights):
