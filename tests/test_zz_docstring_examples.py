@@ -4,6 +4,8 @@ An example with no stated result shows a call on the reader's own objects (a pip
 rows file) and is not run here; every example that prints a value, a shape or an error must be
 true of the code. Each docstring runs in an empty folder; one that opens "maps.zarr" finds there the
 store that probing.capture's example writes (the testbed, `testbed-small.yaml`, 2 steps).
+Examples change process-wide state (`configure_threads(2)`, capture's thread pool), so this module is
+named to run last and puts torch's thread count back after each docstring.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pkgutil
 from pathlib import Path
 
 import pytest
+import torch
 
 PACKAGES = ("probing", "editing")
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE | doctest.IGNORE_EXCEPTION_DETAIL
@@ -47,12 +50,13 @@ def _opens_store(test: doctest.DocTest) -> bool:
 def _run(test: doctest.DocTest, folder: Path) -> str:
     """Run `test` with `folder` as the working directory; '' if every example held, else doctest's report."""
     report: list[str] = []
-    previous = os.getcwd()
+    previous, threads = os.getcwd(), torch.get_num_threads()
     os.chdir(folder)
     try:
         result = doctest.DocTestRunner(optionflags=FLAGS).run(test, out=report.append, clear_globs=True)
     finally:
         os.chdir(previous)
+        torch.set_num_threads(threads)
     return "" if result.failed == 0 else f"{test.name} ({test.filename}:{test.lineno}):\n" + "".join(report)
 
 
