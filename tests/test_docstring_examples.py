@@ -4,8 +4,9 @@ An example with no stated result shows a call on the reader's own objects (a pip
 rows file) and is not run here; every example that prints a value, a shape or an error must be
 true of the code. Each docstring runs in an empty folder; one that opens "maps.zarr" finds there the
 store that probing.capture's example writes (the testbed, `testbed-small.yaml`, 2 steps).
-Examples change process-wide state (`configure_threads(2)`, capture's thread pool), so this module is
-named to run last and puts torch's thread count back after each docstring.
+Some examples change process-wide state (`configure_threads(2)` sets MELODIA_THREADS, OMP_NUM_THREADS
+and torch's thread count); the environment and torch's thread count are put back after each docstring,
+so the tests that run later keep one thread.
 """
 from __future__ import annotations
 
@@ -50,12 +51,14 @@ def _opens_store(test: doctest.DocTest) -> bool:
 def _run(test: doctest.DocTest, folder: Path) -> str:
     """Run `test` with `folder` as the working directory; '' if every example held, else doctest's report."""
     report: list[str] = []
-    previous, threads = os.getcwd(), torch.get_num_threads()
+    previous, environment, threads = os.getcwd(), dict(os.environ), torch.get_num_threads()
     os.chdir(folder)
     try:
         result = doctest.DocTestRunner(optionflags=FLAGS).run(test, out=report.append, clear_globs=True)
     finally:
         os.chdir(previous)
+        os.environ.clear()
+        os.environ.update(environment)
         torch.set_num_threads(threads)
     return "" if result.failed == 0 else f"{test.name} ({test.filename}:{test.lineno}):\n" + "".join(report)
 
